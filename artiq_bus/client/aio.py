@@ -1,0 +1,186 @@
+"""The asyncio client: calls with deadlines, many in flight on one connection.
+
+Replies are matched to callers by request id.  When the connection to the broker drops,
+every call in flight fails at once with :class:`Unavailable`; ZeroMQ reconnects by
+itself and later calls go through when the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from ..net import BusAddress, CurveClient, SocketReader, configure
+from ..protocol import (VERSION, Command, DeadlineExceeded, Overloaded, ProtocolError, Status,
+                        Unavailable, encode_timeout, error_from_wire, pack, split_command,
+                        unpack)
+
+__all__ = ["AsyncClient", "ServiceProxy", "DEFAULT_TIMEOUT_S"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class AsyncClient:
+    """Calls services through the broker from an asyncio program."""
+
+    def __init__(self, address: BusAddress, *, context: zmq.Context | None = None,
+                 curve: CurveClient | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.address = address
+        self.timeout_s = timeout_s
+        self._context = context or zmq.Context.instance()
+        self._curve = curve
+        self._ids = itertools.count(1)
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._sock: zmq.Socket | None = None
+        self._reader: SocketReader | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        sock = configure(self._context.socket(zmq.DEALER), sndhwm=100_000, rcvhwm=100_000)
+        if self._curve is not None:
+            self._curve.apply(sock)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self.address.control)
+        self._sock, self._reader = sock, SocketReader(sock)
+        self._tasks = [asyncio.create_task(self._receive(), name="client-receive"),
+                       asyncio.create_task(self._watch(monitor), name="client-monitor")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_all(Unavailable("client stopped"))
+        if self._reader is not None:
+            self._reader.close()
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._sock.close()
+        self._sock = self._reader = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- calling ----------------------------------------------------------------------
+
+    async def call(self, service: str, method: str, /, *args: Any,
+                   timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """Call ``service.method(*args, **kwargs)``; raise its error or a bus error.
+
+        ``timeout_s`` (default: the client's) bounds the whole round trip.
+        """
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        request_id = next(self._ids).to_bytes(8, "big")
+        body, buffers = pack([list(args), kwargs])
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
+                        method.encode(), encode_timeout(timeout_s), body, *buffers])
+            return await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"{service}.{method}: no reply within {timeout_s:g} s "
+                                   f"from {self.address.control}") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """One-way message: no reply, no error report (for high-rate traffic)."""
+        body, buffers = pack([list(args), kwargs])
+        self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(),
+                    body, *buffers])
+
+    def proxy(self, service: str) -> "ServiceProxy":
+        return ServiceProxy(self, service)
+
+    def _send(self, frames: Sequence[Any]) -> None:
+        if self._sock is None:
+            raise Unavailable("client not started")
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise Overloaded("too many messages queued for the broker") from None
+        assert self._reader is not None
+        self._reader.after_send()
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        assert self._reader is not None
+        while True:
+            for frames in await self._reader.recv_batch():
+                try:
+                    self._on_reply(frames)
+                except ProtocolError as exc:
+                    logger.warning("client: dropping malformed reply from broker: %s", exc)
+
+    def _on_reply(self, frames: list[zmq.Frame]) -> None:
+        command, rest = split_command(frames)
+        if command is not Command.REPLY or len(rest) < 3:
+            raise ProtocolError(f"unexpected {command.name} from the broker")
+        future = self._pending.get(rest[0].bytes)
+        if future is None or future.done():
+            return  # its caller gave up
+        ok = rest[1].bytes == Status.OK.value
+        try:
+            value = unpack(rest[2].buffer, rest[3:])
+        except ProtocolError as exc:
+            future.set_exception(exc)
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(error_from_wire(value))
+
+    async def _watch(self, monitor: zmq.Socket) -> None:
+        """Fail calls in flight as soon as the connection drops."""
+        reader = SocketReader(monitor)
+        try:
+            while True:
+                for frames in await reader.recv_batch(copy=True):
+                    event = recv_monitor_frames(frames)
+                    if event == zmq.EVENT_CONNECTED:
+                        self.connected.set()
+                    elif event == zmq.EVENT_DISCONNECTED:
+                        self.connected.clear()
+                        self._fail_all(Unavailable(
+                            f"connection to the broker at {self.address.control} lost"))
+        finally:
+            reader.close()
+            monitor.close()
+
+    def _fail_all(self, exc: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+
+def recv_monitor_frames(frames: list[bytes]) -> int:
+    """The event number of a socket-monitor message."""
+    return int.from_bytes(frames[0][:2], "little")
+
+
+class ServiceProxy:
+    """``client.proxy("scheduler").submit(...)`` instead of ``client.call(...)``."""
+
+    def __init__(self, client: AsyncClient, service: str):
+        self._client, self._service = client, service
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._client.call(self._service, method, *args, **kwargs)
+        return call

@@ -1,0 +1,74 @@
+"""The blocking client, for scripts and the command line.
+
+One call at a time (it is not thread-safe); every call has a deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import zmq
+
+from ..net import BusAddress, CurveClient, configure
+from ..protocol import (VERSION, Command, DeadlineExceeded, ProtocolError, Status,
+                        encode_timeout, error_from_wire, pack, split_command, unpack)
+from .aio import DEFAULT_TIMEOUT_S
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Calls services through the broker, blocking until the reply or the deadline."""
+
+    def __init__(self, address: BusAddress, *, context: zmq.Context | None = None,
+                 curve: CurveClient | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.address = address
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+        self._sock = configure((context or zmq.Context.instance()).socket(zmq.DEALER))
+        if curve is not None:
+            curve.apply(self._sock)
+        self._sock.connect(address.control)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def call(self, service: str, method: str, /, *args: Any, timeout_s: float | None = None,
+             **kwargs: Any) -> Any:
+        """Call ``service.method(*args, **kwargs)``; raise its error or a bus error."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        request_id = next(self._ids).to_bytes(8, "big")
+        body, buffers = pack([list(args), kwargs])
+        self._sock.send_multipart([VERSION, Command.REQUEST.value, request_id,
+                                   service.encode(), method.encode(),
+                                   encode_timeout(timeout_s), body, *buffers], copy=False)
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self._sock.poll(remaining_ms):
+                raise DeadlineExceeded(f"{service}.{method}: no reply within {timeout_s:g} s "
+                                       f"from {self.address.control}")
+            frames = self._sock.recv_multipart(copy=False)
+            command, rest = split_command(frames)
+            if command is not Command.REPLY or len(rest) < 3:
+                raise ProtocolError(f"unexpected {command.name} from the broker")
+            if rest[0].bytes != request_id:
+                continue  # a late reply to an earlier call that timed out
+            value = unpack(rest[2].buffer, rest[3:])
+            if rest[1].bytes != Status.OK.value:
+                raise error_from_wire(value)
+            return value
+
+    def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """One-way message: no reply."""
+        body, buffers = pack([list(args), kwargs])
+        self._sock.send_multipart([VERSION, Command.MESSAGE.value, service.encode(),
+                                   method.encode(), body, *buffers], copy=False)

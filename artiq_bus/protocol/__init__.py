@@ -1,0 +1,24 @@
+"""Every wire format of artiq_bus, and nothing else (specified in docs/protocol.md)."""
+
+from .codec import OUT_OF_BAND_MIN_BYTES, ExtCode, pack, unpack
+from .errors import (BusError, DeadlineExceeded, EncodeError, NoSuchMethod, NoSuchService,
+                     Overloaded, ProtocolError, RemoteError, ServiceDied, Unauthorized,
+                     Unavailable, error_from_wire, error_to_wire, register_error)
+from .frames import (MAX_NAME_BYTES, MAX_REQUEST_ID_BYTES, VERSION, Command, Status,
+                     check_name, decode_timeout, encode_timeout, split_command)
+from .publications import (control_topic, filter_level, key_text, levels,
+                           msgpack_array_header, stream_topic, struct_filter_topic,
+                           struct_topic, sync_topic)
+from .updates import UpdateAction, apply_update, top_key
+
+__all__ = [
+    "OUT_OF_BAND_MIN_BYTES", "ExtCode", "pack", "unpack",
+    "BusError", "DeadlineExceeded", "EncodeError", "NoSuchMethod", "NoSuchService",
+    "Overloaded", "ProtocolError", "RemoteError", "ServiceDied", "Unauthorized",
+    "Unavailable", "error_from_wire", "error_to_wire", "register_error",
+    "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "VERSION", "Command", "Status",
+    "check_name", "decode_timeout", "encode_timeout", "split_command",
+    "control_topic", "filter_level", "key_text", "levels", "msgpack_array_header",
+    "stream_topic", "struct_filter_topic", "struct_topic", "sync_topic",
+    "UpdateAction", "apply_update", "top_key",
+]

@@ -1,0 +1,190 @@
+"""Message bodies: msgpack with extension types for what physics code sends.
+
+A body is one msgpack object.  Values msgpack cannot express natively travel as
+extension types (type code: payload, where the payload is itself msgpack):
+
+====  ===========  ============================================================
+code  Python       payload
+====  ===========  ============================================================
+1     ndarray      ``[dtype, shape, data]``; ``data`` is the raw C-order bytes, or
+                   an integer *n*: the bytes are extra frame number *n* after the
+                   body (large arrays travel zero-copy in their own frame)
+2     numpy scalar ``[dtype, data]`` with the scalar's raw bytes
+3     tuple        the items as an array
+4     complex      ``[real, imag]`` (two float64)
+5     slice        ``[start, stop, step]``
+====  ===========  ============================================================
+
+``dtype`` is numpy's ``dtype.str`` (``"<f8"``, ``"|S10"``, ``"|b1"``), or for
+structured dtypes numpy's ``dtype.descr`` list.  Arrays of Python objects are refused:
+they have no portable byte layout (and HDF5 cannot hold them either).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import EncodeError, ProtocolError
+
+__all__ = ["pack", "unpack", "ExtCode", "OUT_OF_BAND_MIN_BYTES"]
+
+
+class ExtCode:
+    """msgpack extension type codes (see the module docstring)."""
+
+    NDARRAY = 1
+    NPSCALAR = 2
+    TUPLE = 3
+    COMPLEX = 4
+    SLICE = 5
+
+
+#: Arrays at least this large travel in their own frame, without a copy.
+OUT_OF_BAND_MIN_BYTES = 64 * 1024
+
+
+def _dtype_to_wire(dtype: np.dtype) -> Any:
+    if dtype.hasobject:
+        raise EncodeError("arrays of Python objects cannot be sent; use a numeric, "
+                          "bytes or str dtype")
+    return dtype.descr if dtype.fields is not None else dtype.str
+
+
+def _descr_entry(entry: Sequence[Any]) -> tuple[Any, ...]:
+    name, fmt, *shape = entry
+    if isinstance(name, list):  # (title, name)
+        name = tuple(name)
+    if isinstance(fmt, list):
+        fmt = [_descr_entry(e) for e in fmt]
+    return (name, fmt, *(tuple(s) if isinstance(s, list) else s for s in shape))
+
+
+def _dtype_from_wire(wire: Any) -> np.dtype:
+    try:
+        if isinstance(wire, str):
+            dtype = np.dtype(wire)
+        elif isinstance(wire, list):
+            # descr_to_dtype drops descr's unnamed padding fields (aligned dtypes)
+            dtype = np.lib.format.descr_to_dtype([_descr_entry(e) for e in wire])
+        else:
+            raise TypeError(type(wire).__name__)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad dtype {wire!r:.100}: {exc}") from None
+    if dtype.hasobject:
+        raise ProtocolError("object dtype on the wire")
+    return dtype
+
+
+def _default(buffers: list[Any], obj: Any) -> Any:
+    recurse = functools.partial(_packb, buffers)
+    if isinstance(obj, np.ndarray):
+        dtype = _dtype_to_wire(obj.dtype)
+        array = np.ascontiguousarray(obj)
+        if array.nbytes >= OUT_OF_BAND_MIN_BYTES:
+            buffers.append(memoryview(array).cast("B") if array.ndim else array.tobytes())
+            data: Any = len(buffers) - 1
+        else:
+            data = array.tobytes()
+        return msgpack.ExtType(ExtCode.NDARRAY, recurse([dtype, list(obj.shape), data]))
+    if isinstance(obj, np.generic):
+        return msgpack.ExtType(
+            ExtCode.NPSCALAR, recurse([_dtype_to_wire(obj.dtype), obj.tobytes()]))
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(ExtCode.TUPLE, recurse(list(obj)))
+    if isinstance(obj, complex):
+        return msgpack.ExtType(ExtCode.COMPLEX, recurse([obj.real, obj.imag]))
+    if isinstance(obj, slice):
+        return msgpack.ExtType(ExtCode.SLICE, recurse([obj.start, obj.stop, obj.step]))
+    # strict_types sends subclasses here; carry them as their base type.
+    for base in (dict, list, str, bytes, int, float):
+        if isinstance(obj, base):
+            # str() of a (str, Enum) member is "Class.NAME", not its value
+            return str.__str__(obj) if base is str else base(obj)
+    raise EncodeError(f"cannot send a value of type {type(obj).__qualname__}")
+
+
+def _packb(buffers: list[Any], obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, default=functools.partial(_default, buffers),
+                             strict_types=True, use_bin_type=True)
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot encode value: {exc}") from None
+
+
+def pack(obj: Any) -> tuple[bytes, list[Any]]:
+    """Encode ``obj`` as a body and the out-of-band buffers that follow it as frames."""
+    buffers: list[Any] = []
+    return _packb(buffers, obj), buffers
+
+
+def _array_from_wire(buffers: Sequence[Any], dtype_wire: Any, shape: Any,
+                     data: Any) -> np.ndarray:
+    dtype = _dtype_from_wire(dtype_wire)
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ProtocolError(f"bad array shape {shape!r:.100}")
+    if isinstance(data, int):
+        if not 0 <= data < len(buffers):
+            raise ProtocolError(f"array refers to missing frame {data}")
+        buf = buffers[data]
+        raw: Any = buf.buffer if hasattr(buf, "buffer") else buf
+        writable = not memoryview(raw).readonly
+    elif isinstance(data, bytes):
+        raw, writable = data, False
+    else:
+        raise ProtocolError("array data is neither bytes nor a frame number")
+    count = int(np.prod(shape, dtype=np.int64))
+    if memoryview(raw).nbytes != count * dtype.itemsize:
+        raise ProtocolError(f"array of shape {shape} and dtype {dtype} does not match "
+                            f"{memoryview(raw).nbytes} bytes")
+    array = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    return array if writable else array.copy()
+
+
+def _ext_hook(buffers: Sequence[Any], code: int, payload: bytes) -> Any:
+    inner = _unpackb(buffers, payload)
+    try:
+        if code == ExtCode.NDARRAY:
+            return _array_from_wire(buffers, *inner)
+        if code == ExtCode.NPSCALAR:
+            dtype_wire, data = inner
+            dtype = _dtype_from_wire(dtype_wire)
+            if dtype.itemsize == 0 and isinstance(data, bytes):  # np.bytes_(b"")
+                return dtype.type()
+            return np.frombuffer(data, dtype=dtype, count=1)[0]
+        if code == ExtCode.TUPLE:
+            return tuple(inner)
+        if code == ExtCode.COMPLEX:
+            real, imag = inner
+            return complex(real, imag)
+        if code == ExtCode.SLICE:
+            return slice(*inner)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad extension {code} payload: {exc}") from None
+    raise ProtocolError(f"unknown extension type {code}")
+
+
+def _unpackb(buffers: Sequence[Any], body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body, ext_hook=functools.partial(_ext_hook, buffers),
+                               raw=False, strict_map_key=False, use_list=True)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise ProtocolError(f"undecodable body: {type(exc).__name__}: {exc}") from None
+
+
+def unpack(body: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """Decode a body and the out-of-band frames that followed it.
+
+    Arrays decoded from out-of-band frames share the frame's memory (no copy).
+    """
+    return _unpackb(buffers, body)

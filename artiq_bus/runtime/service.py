@@ -1,0 +1,230 @@
+"""Serving a service: register with the broker, answer its requests, stay registered.
+
+A service is any object whose public methods are marked with :func:`rpc`.  Only those
+methods (and ``ping``) are declared to the broker and callable from the wire.  Methods
+may be plain functions (run at once on the loop: keep them quick) or coroutines (run as
+tasks, so many requests are served concurrently).  Arguments arrive as the body
+``[args, kwargs]``; the return value is the reply; an exception becomes an error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import zmq
+
+from ..net import BusAddress, CurveClient, SocketReader, configure
+from ..protocol import (VERSION, Command, EncodeError, NoSuchMethod, ProtocolError, Status,
+                        check_name, error_to_wire, pack, split_command, unpack)
+
+__all__ = ["rpc", "ServiceHost", "rpc_methods"]
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(function: F) -> F:
+    """Declare a method callable from the bus."""
+    function.__artiq_bus_rpc__ = True  # type: ignore[attr-defined]
+    return function
+
+
+def rpc_methods(target: object) -> dict[str, Callable[..., Any]]:
+    """The methods of ``target`` marked with :func:`rpc`, by name."""
+    methods = {}
+    for name in dir(type(target)):
+        if name.startswith("_"):
+            continue
+        if getattr(getattr(type(target), name, None), "__artiq_bus_rpc__", False):
+            methods[name] = getattr(target, name)
+    return methods
+
+
+def _ping() -> bool:
+    return True
+
+
+def _decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+    arguments = unpack(body, buffers)
+    if (not isinstance(arguments, list) or len(arguments) != 2
+            or not isinstance(arguments[0], list) or not isinstance(arguments[1], dict)
+            or not all(isinstance(k, str) for k in arguments[1])):
+        raise ProtocolError("request body must be [args, kwargs]")
+    return arguments[0], arguments[1]
+
+
+class ServiceHost:
+    """One service on the bus: a DEALER connection, registration, heartbeats, dispatch.
+
+    Survives the broker: when the broker stops answering heartbeats (or says it does
+    not know us) the host connects again and registers again.
+    """
+
+    def __init__(self, context: zmq.Context, address: BusAddress, name: str,
+                 methods: dict[str, Callable[..., Any]], *, curve: CurveClient | None = None,
+                 heartbeat_interval_s: float = 0.5, liveness: int = 4):
+        check_name(name.encode(), "service")
+        self.name = name
+        self._methods = {"ping": _ping, **methods}
+        self._context, self._address, self._curve = context, address, curve
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._liveness = liveness
+        self.registered = asyncio.Event()
+        self._sock: zmq.Socket | None = None
+        self._reader: SocketReader | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._last_heard = 0.0
+        self.bad_messages = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"service-{self.name}")
+
+    async def stop(self) -> None:
+        if self._sock is not None:
+            self._send([VERSION, Command.BYE.value])
+        tasks = [t for t in (self._task, *self._handlers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._disconnect()
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        sock = configure(self._context.socket(zmq.DEALER), sndhwm=100_000, rcvhwm=100_000)
+        if self._curve is not None:
+            self._curve.apply(sock)
+        sock.connect(self._address.control)
+        self._sock = sock
+        self._reader = SocketReader(sock)
+        self._register()
+
+    def _disconnect(self) -> None:
+        self.registered.clear()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _register(self) -> None:
+        body, _ = pack({"methods": sorted(self._methods)})
+        self._send([VERSION, Command.REGISTER.value, self.name.encode(), body])
+        self._last_heard = time.monotonic()
+
+    def _send(self, frames: Sequence[Any]) -> None:
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)  # type: ignore[union-attr]
+        except zmq.Again:
+            logger.warning("service %s: broker queue full, message dropped", self.name)
+
+    async def _run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                self._connect()
+                await self._serve_until_broker_lost()
+                logger.warning("service %s: broker lost, connecting again", self.name)
+                self._disconnect()
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval_s)  # periodic by nature
+            if self._sock is not None:
+                self._send([VERSION, Command.HEARTBEAT.value])
+                assert self._reader is not None
+                self._reader.after_send()
+
+    async def _serve_until_broker_lost(self) -> None:
+        assert self._reader is not None
+        silence_s = self._liveness * self._heartbeat_interval_s
+        while True:
+            try:
+                batch = await asyncio.wait_for(self._reader.recv_batch(), silence_s)
+            except asyncio.TimeoutError:
+                return
+            self._last_heard = time.monotonic()
+            for frames in batch:
+                try:
+                    if self._handle(frames) is Command.BYE:
+                        return
+                except ProtocolError as exc:
+                    self.bad_messages += 1
+                    logger.warning("service %s: dropping malformed message: %s", self.name, exc)
+            self._reader.after_send()
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _handle(self, frames: list[zmq.Frame]) -> Command:
+        command, rest = split_command(frames)
+        if command is Command.REQUEST and len(rest) >= 5:
+            caller, request_id, method = rest[0].bytes, rest[1].bytes, rest[2].bytes
+            self._dispatch(method, rest[4], rest[5:], (caller, request_id))
+        elif command is Command.MESSAGE and len(rest) >= 3:
+            self._dispatch(rest[1].bytes, rest[2], rest[3:], None)
+        elif command is Command.ACK:
+            self.registered.set()
+            logger.debug("service %s: registered", self.name)
+        elif command is Command.BYE:
+            pass
+        elif command is not Command.HEARTBEAT:
+            raise ProtocolError(f"unexpected {command.name} with {len(rest)} frames")
+        return command
+
+    def _dispatch(self, method_frame: bytes, body: Any, buffers: Sequence[Any],
+                  reply_to: tuple[bytes, bytes] | None) -> None:
+        try:
+            method = self._methods.get(method_frame.decode())
+            if method is None:
+                raise NoSuchMethod(f"service {self.name!r} has no method "
+                                   f"{method_frame[:64]!r}")
+            args, kwargs = _decode_arguments(body, buffers)
+            result = method(*args, **kwargs)
+        except Exception as exc:
+            self._finish(reply_to, exc, None)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._await(result, reply_to))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        else:
+            self._finish(reply_to, None, result)
+
+    async def _await(self, awaitable: Any, reply_to: tuple[bytes, bytes] | None) -> None:
+        try:
+            result = await awaitable
+        except Exception as exc:
+            self._finish(reply_to, exc, None)
+        else:
+            self._finish(reply_to, None, result)
+        if self._reader is not None:
+            self._reader.after_send()
+
+    def _finish(self, reply_to: tuple[bytes, bytes] | None, error: Exception | None,
+                result: Any) -> None:
+        if reply_to is None:
+            if error is not None:
+                logger.error("service %s: one-way message failed: %s: %s",
+                             self.name, type(error).__name__, error)
+            return
+        status, frames = Status.OK, []
+        if error is None:
+            try:
+                body, frames = pack(result)
+            except EncodeError as exc:
+                error = exc
+        if error is not None:
+            status = Status.ERROR
+            body, frames = pack(error_to_wire(error))
+        if self._sock is not None:
+            self._send([VERSION, Command.REPLY.value, *reply_to, status.value, body, *frames])

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress, CurveServer, SocketReader, configure
+from ..net import BusAddress, CurveServer, SocketReader, configure, send_frames
 from ..protocol import (VERSION, Command, DeadlineExceeded, NoSuchMethod, NoSuchService,
                         Overloaded, ProtocolError, ServiceDied, Status, check_name,
                         decode_timeout, error_to_wire, pack, split_command, unpack)
@@ -157,7 +157,6 @@ class Broker:
                     self.bad_messages.report(frames[0].bytes, str(exc))
                 except Exception as exc:  # a peer must never stop the broker
                     self.bad_messages.report(frames[0].bytes, f"{type(exc).__name__}: {exc}")
-            self._reader.after_send()
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -184,7 +183,7 @@ class Broker:
         """Send to a peer; 0, or ``EHOSTUNREACH`` if it is gone, ``EAGAIN`` if its queue
         is full."""
         try:
-            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)  # type: ignore[union-attr]
+            send_frames(self._router, frames)  # type: ignore[arg-type]
             return 0
         except zmq.ZMQError as exc:
             if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress, CurveClient, SocketReader, configure
+from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
 from ..protocol import (VERSION, Command, DeadlineExceeded, Overloaded, ProtocolError, Status,
                         Unavailable, encode_timeout, error_from_wire, pack, split_command,
                         unpack)
@@ -108,7 +108,7 @@ class AsyncClient:
         if self._sock is None:
             raise Unavailable("client not started")
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self._sock, frames)
         except zmq.Again:
             raise Overloaded("too many messages queued for the broker") from None
         assert self._reader is not None

@@ -11,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress, CurveClient, configure
+from ..net import BusAddress, CurveClient, configure, recv_frames, send_frames
 from ..protocol import (VERSION, Command, DeadlineExceeded, ProtocolError, Status,
                         encode_timeout, error_from_wire, pack, split_command, unpack)
 from .aio import DEFAULT_TIMEOUT_S
@@ -48,15 +48,15 @@ class Client:
         deadline = time.monotonic() + timeout_s
         request_id = next(self._ids).to_bytes(8, "big")
         body, buffers = pack([list(args), kwargs])
-        self._sock.send_multipart([VERSION, Command.REQUEST.value, request_id,
-                                   service.encode(), method.encode(),
-                                   encode_timeout(timeout_s), body, *buffers], copy=False)
+        send_frames(self._sock, [VERSION, Command.REQUEST.value, request_id, service.encode(),
+                                 method.encode(), encode_timeout(timeout_s), body, *buffers],
+                    block=True)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not self._sock.poll(remaining_ms):
                 raise DeadlineExceeded(f"{service}.{method}: no reply within {timeout_s:g} s "
                                        f"from {self.address.control}")
-            frames = self._sock.recv_multipart(copy=False)
+            frames = recv_frames(self._sock, block=True)
             command, rest = split_command(frames)
             if command is not Command.REPLY or len(rest) < 3:
                 raise ProtocolError(f"unexpected {command.name} from the broker")
@@ -70,5 +70,5 @@ class Client:
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way message: no reply."""
         body, buffers = pack([list(args), kwargs])
-        self._sock.send_multipart([VERSION, Command.MESSAGE.value, service.encode(),
-                                   method.encode(), body, *buffers], copy=False)
+        send_frames(self._sock, [VERSION, Command.MESSAGE.value, service.encode(),
+                                 method.encode(), body, *buffers], block=True)

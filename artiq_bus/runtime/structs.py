@@ -18,12 +18,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..net import CurveClient, configure
+from ..net import CurveClient, configure, send_frames
 from ..protocol import (VERSION, apply_update, control_topic, filter_level, levels,
                         msgpack_array_header, pack, struct_topic, top_key, updates)
 from ..protocol.codec import _packb
 
-__all__ = ["Publisher", "StructOwner"]
+__all__ = ["Publisher", "StructOwner", "struct_methods"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Publisher:
 
     def send(self, frames: list[Any]) -> None:
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self._sock, frames)
         except zmq.Again:
             self.dropped += 1
 
@@ -178,3 +178,22 @@ def _equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except ValueError:  # numpy arrays compare element-wise
         return False
+
+
+def struct_methods(*owners: StructOwner) -> dict[str, Any]:
+    """The ``snapshot`` and ``version`` methods a service declares for its structs."""
+    by_name = {owner.name: owner for owner in owners}
+
+    def owner_of(struct: str) -> StructOwner:
+        try:
+            return by_name[struct]
+        except (KeyError, TypeError):
+            raise KeyError(f"this service owns no struct {struct!r}") from None
+
+    def snapshot(struct: str, key_filter: Any = "") -> dict[str, Any]:
+        return owner_of(struct).snapshot(key_filter)
+
+    def version(struct: str, key_filter: Any = "") -> int:
+        return owner_of(struct).version(key_filter)
+
+    return {"snapshot": snapshot, "version": version}

@@ -1,0 +1,202 @@
+"""``artiq_master``: the broker and the default nodes in one process.
+
+Prints ``ARTIQ master is now ready.`` once every service answers; exits 0 on SIGINT,
+SIGTERM, SIGHUP or ``master.terminate()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+import zmq
+
+from ..broker.broker import Broker, BrokerConfig
+from ..client.aio import AsyncClient
+from ..net import BusAddress, CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
+from ..net.addresses import DEFAULT_CONTROL_PORT, DEFAULT_NOTIFY_PORT, DEFAULT_PUBLISH_PORT
+from ..net.errors import NetError
+from ..nodes.log import CONSOLE_FORMAT, LogNode
+from ..nodes.management import ManagementNode
+from ..protocol import BusError
+from ..runtime.bus import BusConnection, BusNode
+from ..runtime.logs import BusLogHandler
+from .common import ExitCode, add_verbosity, add_version, fail, log_level
+
+__all__ = ["main", "build_parser", "READY_LINE"]
+
+logger = logging.getLogger(__name__)
+
+READY_LINE = "ARTIQ master is now ready."
+READY_TIMEOUT_S = 20.0
+PROGRAM = "artiq_master"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="ARTIQ master")
+    add_version(parser)
+    network = parser.add_argument_group("network")
+    network.add_argument("--bind", default=[], action="append", metavar="HOST",
+                         help="also listen on this address (repeatable; '*' = all "
+                              "interfaces); needs CurveZMQ keys or --insecure")
+    network.add_argument("--no-localhost-bind", default=False, action="store_true",
+                         help="do not listen on 127.0.0.1 and ::1")
+    network.add_argument("--port-notify", default=DEFAULT_NOTIFY_PORT, type=int,
+                         help="port of publications to subscribers (default: %(default)s)")
+    network.add_argument("--port-control", default=DEFAULT_CONTROL_PORT, type=int,
+                         help="port of requests (default: %(default)s)")
+    network.add_argument("--port-publish", default=DEFAULT_PUBLISH_PORT, type=int,
+                         help="port where standalone nodes publish (default: %(default)s)")
+    security = parser.add_argument_group("security")
+    security.add_argument("--curve-secret-key", metavar="FILE",
+                          help="the master's secret key file (NAME.key_secret, made by "
+                               "artiq_keygen): require CurveZMQ on every TCP connection")
+    security.add_argument("--curve-allowed-keys", metavar="DIR",
+                          help="directory of the public key files (*.key) of allowed clients")
+    security.add_argument("--insecure", default=False, action="store_true",
+                          help="allow binding a non-loopback address without CurveZMQ: "
+                               "anyone who reaches it can run experiments")
+    parser.add_argument("--name", default=None,
+                        help="friendly name of this master, shown by dashboards")
+    LogNode.add_arguments(parser)
+    add_verbosity(parser)
+    return parser
+
+
+def _curve(args: argparse.Namespace) -> CurveServer | None:
+    if bool(args.curve_secret_key) != bool(args.curve_allowed_keys):
+        raise NetError("CurveZMQ needs both --curve-secret-key and --curve-allowed-keys")
+    if not args.curve_secret_key:
+        return None
+    return CurveServer.load(args.curve_secret_key, args.curve_allowed_keys)
+
+
+def broker_config(args: argparse.Namespace) -> BrokerConfig:
+    """Endpoints from the flags; refuses a non-loopback bind without keys or --insecure."""
+    hosts = resolve_bind_hosts(args.bind, not args.no_localhost_bind)
+    curve = _curve(args)
+    exposed = [host for host in hosts if not is_loopback(host)]
+    if exposed and curve is None and not args.insecure:
+        raise NetError(f"refusing to listen on {', '.join(exposed)} without CurveZMQ: "
+                       "give --curve-secret-key and --curve-allowed-keys (make keys with "
+                       "artiq_keygen), or --insecure to accept anyone")
+
+    def endpoints(port: int) -> list[str]:
+        return [tcp_endpoint(host, port) for host in hosts]
+    return BrokerConfig(control_endpoints=endpoints(args.port_control),
+                        notify_endpoints=endpoints(args.port_notify),
+                        publish_endpoints=endpoints(args.port_publish), curve=curve)
+
+
+class _SourceFilter(logging.Filter):
+    """Gives the master's own records the source ``master``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "source"):
+            record.source = "master"
+        return True
+
+
+async def _wait_ready(client: AsyncClient, services: list[str]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for service in services:
+        while True:
+            try:
+                await client.call(service, "ping", timeout_s=1.0)
+                break
+            except BusError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)  # the service registers right after start
+
+
+class Master:
+    """Runs the broker and the nodes; stops them in reverse order."""
+
+    def __init__(self, args: argparse.Namespace, config: BrokerConfig):
+        self.args = args
+        self.config = config
+        self.terminate = asyncio.Event()
+        self.nodes: list[BusNode] = [LogNode.from_args(args),
+                                     ManagementNode(args.name, self.terminate)]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.terminate.set)
+        context = zmq.Context()
+        root = logging.getLogger()
+        console = root.handlers[0] if root.handlers else None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                broker = Broker(context, self.config)
+                await broker.start()
+                stack.push_async_callback(broker.stop)
+                bus = BusConnection(context, broker.inproc)
+                await bus.start()
+                stack.push_async_callback(bus.stop)
+                for node in self.nodes:
+                    await node.start(bus)
+                    stack.push_async_callback(node.stop)
+                self._log_to_bus(bus, root, console)
+                stack.callback(self._log_to_console, root, console)
+                if self.args.insecure and any(not is_loopback(h) for h in self.args.bind):
+                    logger.warning("listening on %s WITHOUT authentication (--insecure): "
+                                   "anyone who can reach it can control this master",
+                                   ", ".join(self.args.bind))
+                await _wait_ready(bus.client, [s for n in self.nodes for s in n.services])
+                print(READY_LINE, flush=True)
+                await self.terminate.wait()
+                logger.info("master: stopping")
+        finally:
+            context.destroy(linger=0)
+
+    @staticmethod
+    def _log_to_bus(bus: BusConnection, root: logging.Logger,
+                    console: logging.Handler | None) -> None:
+        handler = BusLogHandler(bus.client, "master", level=root.level)
+        handler.addFilter(_SourceFilter())
+        root.addHandler(handler)
+        if console is not None:
+            root.removeHandler(console)
+
+    @staticmethod
+    def _log_to_console(root: logging.Logger, console: logging.Handler | None) -> None:
+        for handler in [h for h in root.handlers if isinstance(h, BusLogHandler)]:
+            root.removeHandler(handler)
+        if console is not None:
+            root.addHandler(console)
+
+
+def init_console_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    handler.addFilter(_SourceFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    init_console_logging(log_level(args))
+    try:
+        config = broker_config(args)
+        asyncio.run(Master(args, config).run())
+    except NetError as exc:
+        fail(PROGRAM, str(exc), ExitCode.CONFIG)
+    except zmq.ZMQError as exc:
+        fail(PROGRAM, f"cannot listen: {exc}", ExitCode.CONFIG)
+    except BusError as exc:
+        fail(PROGRAM, f"services did not start: {exc}", ExitCode.ERROR)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

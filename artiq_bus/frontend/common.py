@@ -1,0 +1,74 @@
+"""Flags and helpers every command shares: verbosity, the server to reach, keys."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import sys
+from typing import NoReturn
+
+from .. import __version__
+from ..net import CLIENT_KEY_ENV, SERVER_KEY_ENV, BusAddress, CurveClient
+from ..net.addresses import DEFAULT_CONTROL_PORT
+
+__all__ = ["ExitCode", "add_verbosity", "log_level", "add_client_security",
+           "curve_client_from_args", "add_version", "fail", "add_server",
+           "address_from_args"]
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of every artiq_bus command."""
+
+    OK = 0
+    ERROR = 1          # the request failed: the service said no
+    USAGE = 2          # bad flags or arguments (argparse uses 2 as well)
+    UNAVAILABLE = 3    # no master answered
+    CONFIG = 4         # a configuration that cannot work (keys, binds)
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"artiq_bus v{__version__}")
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("verbosity")
+    group.add_argument("-v", "--verbose", default=0, action="count",
+                       help="increase logging level")
+    group.add_argument("-q", "--quiet", default=0, action="count",
+                       help="decrease logging level")
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """WARNING, one step (10) lower per -v and higher per -q, as ARTIQ does."""
+    return logging.WARNING + 10 * (args.quiet - args.verbose)
+
+
+def add_client_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CurveZMQ (when the master requires it)")
+    group.add_argument("--curve-server-key", default=None, metavar="FILE",
+                       help=f"the master's public key file (NAME.key); default ${SERVER_KEY_ENV}")
+    group.add_argument("--curve-client-key", default=None, metavar="FILE",
+                       help=f"this client's secret key file (NAME.key_secret); "
+                            f"default ${CLIENT_KEY_ENV}")
+
+
+def add_server(parser: argparse.ArgumentParser, default_port: int = DEFAULT_CONTROL_PORT) -> None:
+    parser.add_argument("-s", "--server", default="::1",
+                        help="hostname or IP (v4 or v6) of the master (default: %(default)s)")
+    parser.add_argument("--port", default=default_port, type=int,
+                        help="the master's control port (default: %(default)s)")
+
+
+def curve_client_from_args(args: argparse.Namespace) -> CurveClient | None:
+    return CurveClient.from_files(args.curve_server_key, args.curve_client_key)
+
+
+def address_from_args(args: argparse.Namespace) -> BusAddress:
+    return BusAddress.from_host(args.server, args.port)
+
+
+def fail(program: str, message: str, code: ExitCode) -> NoReturn:
+    print(f"{program}: {message}", file=sys.stderr)
+    raise SystemExit(int(code))
+

@@ -1,0 +1,56 @@
+"""What a node process holds to be on the bus: one context, the broker's address, its
+keys, a client for calls, a publisher for publications.
+
+Nodes (``artiq_bus.nodes``) take a started :class:`BusConnection`; the same node class
+runs inside the master (``inproc://`` endpoints) or alone on another host (TCP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+
+from ..client.aio import AsyncClient
+from ..net import BusAddress, CurveClient
+from .service import ServiceHost
+from .structs import Publisher
+
+__all__ = ["BusConnection", "BusNode"]
+
+
+@dataclasses.dataclass
+class BusConnection:
+    """A started connection to a broker, shared by the nodes of one process."""
+
+    context: zmq.Context
+    address: BusAddress
+    curve: CurveClient | None = None
+    client: AsyncClient = dataclasses.field(init=False)
+    publisher: Publisher = dataclasses.field(init=False)
+
+    async def start(self) -> None:
+        self.client = AsyncClient(self.address, context=self.context, curve=self.curve)
+        await self.client.start()
+        self.publisher = Publisher(self.context, self.address.publish, self.curve)
+
+    async def stop(self) -> None:
+        await self.client.stop()
+        self.publisher.close()
+
+    def service(self, name: str, methods: dict[str, Callable[..., Any]]) -> ServiceHost:
+        """A (not yet started) service host on this connection."""
+        return ServiceHost(self.context, self.address, name, methods, curve=self.curve)
+
+
+class BusNode(Protocol):
+    """What every node offers the master and ``artiq_node``."""
+
+    #: The services it registers: the master is ready when each answers ``ping``.
+    services: tuple[str, ...]
+
+    async def start(self, bus: BusConnection) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -40,5 +40,5 @@ class ManagementNode:
     @rpc
     def terminate(self) -> None:
         """Stop the master, as SIGTERM does (the reply goes out first)."""
-        logger.warning("master: termination requested over the bus")
+        logger.info("master: termination requested over the bus")
         asyncio.get_running_loop().call_soon(self._terminate.set)

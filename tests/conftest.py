@@ -1,0 +1,152 @@
+"""Fixtures shared by the tests: free ports, real master processes, clean environment.
+
+Every wait has a deadline; every process a test starts is stopped (SIGTERM, then
+SIGKILL) when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artiq_bus.net import BusAddress
+
+READY_LINE = "ARTIQ master is now ready."
+
+
+def free_port() -> int:
+    """A TCP port free on both loopback addresses right now."""
+    while True:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock6:
+            sock6.bind(("::1", 0))
+            port = sock6.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock4:
+                try:
+                    sock4.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+class Process:
+    """A child process whose combined output is read line by line on a thread."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None):
+        self.argv = argv
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.popen = subprocess.Popen(
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        with self.popen.stdout:
+            for line in self.popen.stdout:
+                self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for_line(self, pattern: str, timeout_s: float = 15.0) -> str:
+        """The first new line matching ``pattern`` (a regex), within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        regex = re.compile(pattern)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout_s} s; "
+                                     f"output so far:\n" + "\n".join(self.lines[-50:]))
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"process exited ({self.popen.wait()}) before a line "
+                                     f"matching {pattern!r}; output:\n" + "\n".join(self.lines[-50:]))
+            self.lines.append(line)
+            if regex.search(line):
+                return line
+
+    def output(self) -> str:
+        """Everything printed so far (drains what the reader thread has queued)."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._queue.put(None)
+                break
+            self.lines.append(line)
+        return "\n".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout_s: float = 15.0) -> int:
+        return self.popen.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(timeout_s)
+
+
+class Master(Process):
+    """``artiq_master`` on free ports in a directory of its own."""
+
+    def __init__(self, cwd: Path, *extra: str, env: dict[str, str] | None = None,
+                 ports: tuple[int, int, int] | None = None):
+        self.control, self.notify, self.publish = ports or (free_port(), free_port(),
+                                                            free_port())
+        super().__init__([sys.executable, "-m", "artiq_bus.frontend.artiq_master",
+                          "--port-control", str(self.control),
+                          "--port-notify", str(self.notify),
+                          "--port-publish", str(self.publish), *extra], cwd, env)
+        self.address = BusAddress.from_host("127.0.0.1", self.control, self.notify,
+                                            self.publish)
+
+    def wait_ready(self, timeout_s: float = 20.0) -> "Master":
+        self.wait_for_line(re.escape(READY_LINE), timeout_s)
+        return self
+
+
+def run_cli(*argv: str, cwd: Path | None = None, timeout_s: float = 30.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a console entry point (``python -m artiq_bus.frontend.NAME``) to completion."""
+    name, *rest = argv
+    return subprocess.run([sys.executable, "-m", f"artiq_bus.frontend.{name}", *rest],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+                          stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key files or Qt settings leak in from the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith("ARTIQ_BUS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[Master]:
+    """A running master in ``tmp_path``; stopped (and its exit checked) afterwards."""
+    process = Master(tmp_path).wait_ready()
+    yield process
+    assert process.stop() == 0, process.output()

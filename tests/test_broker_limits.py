@@ -1,0 +1,82 @@
+"""The broker stays within its bounds: full in-flight table, too many services."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import zmq
+
+from artiq_bus.broker import Broker, BrokerConfig
+from artiq_bus.client import AsyncClient
+from artiq_bus.protocol import NoSuchService, Overloaded
+from artiq_bus.runtime import ServiceHost
+
+
+async def _never(delay: float = 30.0) -> None:
+    await asyncio.sleep(delay)
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def test_full_in_flight_table_answers_overloaded_at_once(context: zmq.Context) -> None:
+    asyncio.run(_full_in_flight_table(context))
+
+
+async def _full_in_flight_table(context: zmq.Context) -> None:
+    broker = Broker(context, BrokerConfig(max_in_flight=10))
+    await broker.start()
+    host = ServiceHost(context, broker.inproc, "slow", {"never": _never})
+    await host.start()
+    client = AsyncClient(broker.inproc, context=context)
+    await client.start()
+    try:
+        await asyncio.wait_for(host.registered.wait(), 5)
+        pending = [asyncio.ensure_future(client.call("slow", "never", timeout_s=30))
+                   for _ in range(10)]
+        # Sent after the first ten on the same connection, so they find the table full.
+        refused = await asyncio.wait_for(asyncio.gather(
+            *(client.call("slow", "never", timeout_s=30) for _ in range(15)),
+            return_exceptions=True), 2)
+        assert all(isinstance(result, Overloaded) for result in refused)
+        assert not any(call.done() for call in pending)
+        for call in pending:
+            call.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        # The broker's own service still answers: it holds no table entry.
+        assert await client.call("broker", "ping") is True
+    finally:
+        await client.stop()
+        await host.stop()
+        await broker.stop()
+
+
+def test_registrations_beyond_the_limit_are_refused(context: zmq.Context) -> None:
+    asyncio.run(_registrations_beyond_the_limit(context))
+
+
+async def _registrations_beyond_the_limit(context: zmq.Context) -> None:
+    broker = Broker(context, BrokerConfig(max_services=3))
+    await broker.start()
+    hosts = [ServiceHost(context, broker.inproc, f"s{i}", {}) for i in range(5)]
+    client = AsyncClient(broker.inproc, context=context)
+    await client.start()
+    try:
+        for host in hosts:
+            await host.start()
+        await asyncio.wait_for(asyncio.gather(*(h.registered.wait() for h in hosts[:3])), 5)
+        assert await client.call("broker", "services") == {
+            f"s{i}": ["ping"] for i in range(3)}
+        with pytest.raises(NoSuchService):
+            await client.call("s4", "ping", timeout_s=2)
+        assert broker.bad_messages.count >= 2
+    finally:
+        await client.stop()
+        for host in hosts:
+            await host.stop()
+        await broker.stop()

@@ -1,0 +1,33 @@
+"""Exceptions of the worker side (the process that runs experiment code).
+
+::
+
+    Exception
+     └── WorkerError
+          ├── DeviceError               a device could not be created
+          │    └── ControllerUnsupported  controllers have no client yet
+          └── InteractiveUnavailable    no one to ask for interactive arguments
+
+Errors the experiment API defines for users (``DefaultMissing``,
+``CancelledArgsError``, ...) live in :mod:`artiq_bus.language.errors`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["WorkerError", "DeviceError", "ControllerUnsupported", "InteractiveUnavailable"]
+
+
+class WorkerError(Exception):
+    """Base of the worker-side errors."""
+
+
+class DeviceError(WorkerError):
+    """A device of the device database could not be created; the cause is chained."""
+
+
+class ControllerUnsupported(DeviceError):
+    """A ``controller`` entry was requested but no controller client is installed."""
+
+
+class InteractiveUnavailable(WorkerError):
+    """Interactive arguments were requested where no user can be asked."""

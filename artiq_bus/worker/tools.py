@@ -1,0 +1,120 @@
+"""Loading experiment and device-database files, and finding experiments in them.
+
+``file_import`` loads any Python file (whatever its extension) as module
+``<prefix><stem>``, with the file's directory on ``sys.path`` while it executes, so the
+file can import modules that sit beside it.  Those sibling modules stay in
+``sys.modules`` (a run's later ``import sibling`` still works); code that loads many
+files into one process wraps the import in :func:`forget_new_modules`, which removes
+the modules imported meanwhile from that directory, so that the next file gets its own
+siblings.  Modules from elsewhere (numpy, the standard library) stay: extension modules
+cannot be loaded twice in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..language.environment import is_experiment, is_public_experiment
+
+__all__ = ["file_import", "forget_new_modules", "get_experiment"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _on_sys_path(directory: str) -> Iterator[None]:
+    sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(directory)
+
+
+def file_import(filename: str | os.PathLike[str], prefix: str = "file_import_") -> ModuleType:
+    """Execute the Python file ``filename`` as module ``prefix + <file stem>``.
+
+    The module is in ``sys.modules`` while it executes (``inspect`` and pickling need
+    that) and stays there; if executing it fails it is removed again.
+    """
+    path = Path(filename).resolve()
+    name = prefix + path.stem
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None  # a loader was given, so a spec is always made
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        with _on_sys_path(str(path.parent)):
+            loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+        raise
+    logger.debug("imported %s as %s", path, name)
+    return module
+
+
+def _inside(module: ModuleType | None, directory: Path) -> bool:
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return False
+    return Path(filename).resolve().is_relative_to(directory)
+
+
+@contextlib.contextmanager
+def forget_new_modules(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """On exit, remove from ``sys.modules`` the modules imported inside the block
+    whose files lie in ``directory`` (the loaded file and its siblings)."""
+    root = Path(directory).resolve()
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            if _inside(sys.modules.get(name), root):
+                del sys.modules[name]
+
+
+def _resolve_dotted(module: ModuleType, class_name: str) -> Any:
+    target: Any = module
+    for part in class_name.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AttributeError(f"no experiment {class_name!r} in module "
+                                 f"{module.__name__!r}") from None
+    return target
+
+
+def get_experiment(module: ModuleType, class_name: str | None = None) -> type[Any]:
+    """The experiment class ``class_name`` of ``module`` (dotted names reach nested
+    classes: ``"Outer.Exp"``), or, without a name, its only public experiment.
+
+    Without a name, every public experiment class in the module's namespace counts,
+    including imported ones; none or several raise ValueError.
+    """
+    if class_name:
+        cls = _resolve_dotted(module, class_name)
+        if not is_experiment(cls):
+            raise ValueError(f"{class_name!r} is not an experiment class")
+        return cls  # type: ignore[no-any-return]
+    found: dict[int, tuple[str, type[Any]]] = {}
+    for name, value in vars(module).items():
+        if is_public_experiment(value):
+            found.setdefault(id(value), (name, value))
+    if not found:
+        raise ValueError("No experiments in module")
+    if len(found) > 1:
+        names = ", ".join(sorted(name for name, _ in found.values()))
+        raise ValueError(f"More than one experiment found in module: {names}")
+    return next(iter(found.values()))[1]

@@ -37,7 +37,6 @@ import base64
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from fractions import Fraction
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .files import atomic_replace
 
 __all__ = ["PyonError", "encode", "decode", "store_file", "load_file"]
 
@@ -316,18 +317,6 @@ def _v1_call(node: ast.Call) -> Any:
 
 # --- files ---------------------------------------------------------------------------
 
-def _fsync_directory(directory: str) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    flags = getattr(os, "O_DIRECTORY", None)
-    if flags is None:
-        return
-    fd = os.open(directory, os.O_RDONLY | flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def store_file(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented PYON to ``path`` atomically.
 
@@ -335,21 +324,8 @@ def store_file(path: str | os.PathLike[str], obj: Any) -> None:
     replaces ``path`` in one step: readers see the old or the new file, never a part.
     """
     text = encode(obj, pretty=True)
-    target = Path(path)
-    directory = str(target.resolve().parent)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    _fsync_directory(directory)
+    with atomic_replace(path) as temp:
+        temp.write_text(text + "\n", encoding="utf-8")
 
 
 def load_file(path: str | os.PathLike[str]) -> Any:

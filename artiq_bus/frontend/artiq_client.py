@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import datetime
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 

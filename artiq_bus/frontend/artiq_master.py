@@ -18,7 +18,7 @@ import zmq
 
 from ..broker.broker import Broker, BrokerConfig
 from ..client.aio import AsyncClient
-from ..net import BusAddress, CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
+from ..net import CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
 from ..net.addresses import DEFAULT_CONTROL_PORT, DEFAULT_NOTIFY_PORT, DEFAULT_PUBLISH_PORT
 from ..net.errors import NetError
 from ..nodes.log import CONSOLE_FORMAT, LogNode

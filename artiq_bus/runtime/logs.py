@@ -65,6 +65,13 @@ class BusLogHandler(logging.Handler):
             else:
                 self._loop.call_soon_threadsafe(self._flush)
 
+    def flush(self) -> None:
+        """Send queued records now (from any thread; from others, on the loop's next turn)."""
+        if threading.get_ident() == self._loop_thread:
+            self._flush()
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._flush)
+
     def _flush(self) -> None:
         self._scheduled = False
         records = list(self._queue)

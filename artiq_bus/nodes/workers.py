@@ -1,0 +1,179 @@
+"""The worker pool: keeps spare worker processes ready, so that a run's hand-over costs
+a few milliseconds, and reports how workers ended.
+
+Workers are forked by the zygote (:mod:`artiq_bus.worker.zygote`), a child process that
+has imported everything once.  Each spare connects to the broker, registers a service
+``worker.<id>`` and tells the pool it is ready; ``acquire`` hands one out and forks its
+replacement.  The zygote reports every exit, so the pool can say how a worker died
+(``signal 9``, ``exit code 1``).  When the master goes, the zygote sees its stdin close
+and kills every worker: no orphans.
+
+Service ``workers``: ``acquire()``, ``ready(service, pid)`` (one-way, from workers),
+``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from typing import Any
+
+from ..net import BusAddress
+from ..runtime.bus import BusConnection
+from ..runtime.service import ServiceHost, rpc, rpc_methods
+
+__all__ = ["WorkerPool", "WORKERS_SERVICE", "describe_status"]
+
+logger = logging.getLogger(__name__)
+
+WORKERS_SERVICE = "workers"
+#: How many ended workers' exit descriptions are remembered.
+_EXITS_KEPT = 1000
+
+
+def describe_status(status: int) -> str:
+    """How a process ended, in words, from an ``os.waitpid`` status."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return f"killed by signal {signum} ({name})"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+class WorkerPool:
+    """Owns the zygote and the spare workers."""
+
+    services = (WORKERS_SERVICE,)
+
+    def __init__(self, worker_address: BusAddress, spares: int = 1,
+                 log_level: int = logging.WARNING):
+        self._worker_address = worker_address
+        self._spares_wanted = max(1, spares)
+        self._log_level = log_level
+        self._zygote: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._host: ServiceHost | None = None
+        self._spawned: asyncio.Queue[int] = asyncio.Queue()
+        self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._starting = 0
+        self._exits: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._exit_waiters: dict[int, list[asyncio.Future[str]]] = {}
+        self._alive: set[int] = set()
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--worker-spares", type=int, default=1,
+                            help="worker processes kept ready for the next run "
+                                 "(default: %(default)s)")
+
+    async def start(self, bus: BusConnection) -> None:
+        self._zygote = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "artiq_bus.worker.zygote",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        self._reader = asyncio.create_task(self._read_zygote(), name="workers-zygote")
+        self._host = bus.service(WORKERS_SERVICE, rpc_methods(self))
+        await self._host.start()
+        await self._host.registered.wait()
+        self._top_up()
+
+    async def stop(self) -> None:
+        if self._host is not None:
+            await self._host.stop()
+        if self._zygote is not None:
+            assert self._zygote.stdin is not None
+            self._zygote.stdin.close()  # the zygote kills its workers and exits
+            try:
+                await asyncio.wait_for(self._zygote.wait(), 5.0)
+            except asyncio.TimeoutError:
+                self._zygote.kill()
+                await self._zygote.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    # -- the zygote -------------------------------------------------------------------
+
+    def _command(self, command: dict[str, Any]) -> None:
+        assert self._zygote is not None and self._zygote.stdin is not None
+        self._zygote.stdin.write(json.dumps(command).encode() + b"\n")
+
+    def _top_up(self) -> None:
+        """Fork workers until enough are ready or starting."""
+        while self._ready.qsize() + self._starting < self._spares_wanted:
+            self._starting += 1
+            address = self._worker_address
+            self._command({"spawn": {
+                "broker": {"control": address.control, "notify": address.notify,
+                           "publish": address.publish},
+                "service": f"worker.{uuid.uuid4().hex[:12]}",
+                "log_level": self._log_level}})
+
+    async def _read_zygote(self) -> None:
+        assert self._zygote is not None and self._zygote.stdout is not None
+        async for line in self._zygote.stdout:
+            message = json.loads(line)
+            if "spawned" in message:
+                self._alive.add(message["spawned"])
+            elif "exited" in message:
+                self._on_exit(message["exited"], message["status"])
+        code = await self._zygote.wait()
+        if code != 0:
+            logger.error("workers: the zygote ended with code %d", code)
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        description = describe_status(status)
+        self._alive.discard(pid)
+        self._exits[pid] = description
+        if len(self._exits) > _EXITS_KEPT:
+            self._exits.popitem(last=False)
+        for waiter in self._exit_waiters.pop(pid, []):
+            if not waiter.done():
+                waiter.set_result(description)
+        logger.debug("workers: worker %d ended: %s", pid, description)
+
+    # -- the service ------------------------------------------------------------------
+
+    @rpc
+    def ready(self, service: str, pid: int) -> None:
+        """A new worker is registered and waits for a run (one-way, from the worker)."""
+        self._starting = max(0, self._starting - 1)
+        if pid not in self._exits:  # "ready" may overtake the zygote's "spawned"
+            self._alive.add(pid)
+            self._ready.put_nowait({"service": service, "pid": pid})
+
+    @rpc
+    async def acquire(self) -> dict[str, Any]:
+        """A ready worker, ``{"service", "pid"}``, for one run; a replacement is forked."""
+        while True:
+            worker = await self._ready.get()
+            self._top_up()
+            if worker["pid"] in self._alive:
+                return worker
+
+    @rpc
+    def signal(self, pid: int, signum: int) -> None:
+        """Send a signal to a worker (nothing if it is gone)."""
+        if pid in self._alive:
+            self._command({"signal": [pid, signum]})
+
+    @rpc
+    async def exit_status(self, pid: int, timeout_s: float = 0.0) -> str | None:
+        """How worker ``pid`` ended, waiting at most ``timeout_s``; None if it still runs."""
+        if pid in self._exits or pid not in self._alive:
+            return self._exits.get(pid, "unknown worker")
+        waiter = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(pid, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except asyncio.TimeoutError:
+            return None

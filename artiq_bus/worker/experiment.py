@@ -1,0 +1,136 @@
+"""The stages of one run inside a worker: build, prepare, run, analyze, and the results
+file (ARTIQ's rules: written after analyze, also when run() raises; not when build or
+prepare fails)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from .arguments import ProcessArgumentManager
+from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
+from .compat import install_artiq_compat
+from .datasets import DatasetManager
+from .devices import DeviceDB, DeviceManager
+from .results import results_dir, results_path, write_results
+from .tools import file_import, get_experiment
+
+if TYPE_CHECKING:
+    from .process import WorkerBus
+
+__all__ = ["ExperimentRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExperimentRunner:
+    """Runs one experiment's stages in the worker's main thread."""
+
+    def __init__(self) -> None:
+        self._home = Path.cwd()  # the master's directory: results/ is relative to it
+        self._bus: WorkerBus | None = None
+        self._experiment: Any = None
+        self._devices: DeviceManager | None = None
+        self._datasets: DatasetManager | None = None
+        self._rid = -1
+        self._expid: dict[str, Any] = {}
+        self._start_time = 0.0
+        self._run_time: float | None = None
+        install_artiq_compat()
+
+    def attach(self, bus: WorkerBus) -> None:
+        self._bus = bus
+
+    def forward_output(self, stream: str, line: str) -> None:
+        """A line the experiment printed: a log record (``print`` at INFO, stderr at
+        WARNING), as ARTIQ shows it."""
+        level = logging.INFO if stream == "print" else logging.WARNING
+        logging.getLogger(stream).log(level, "%s", line)
+
+    # -- stages -----------------------------------------------------------------------
+
+    def build(self, rid: int, pipeline_name: str, wd: str | None, expid: dict[str, Any],
+              priority: int) -> None:
+        assert self._bus is not None
+        self._rid, self._expid = rid, expid
+        self._start_time = time.time()
+        file_name = os.path.basename(expid["file"]) if "file" in expid else "<none>"
+        self._bus.set_source(f"worker({rid},{file_name})")
+        module = self._load(wd, expid)
+        directory = results_dir(self._home / "results", self._start_time)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chdir(directory)
+        cls = get_experiment(module, expid.get("class_name"))
+        self._devices = DeviceManager(
+            DeviceDB.from_dict(self._bus.call("devices", "get_device_db")),
+            virtual_devices={
+                "scheduler": BusScheduler(self._bus, rid, pipeline_name, priority, expid),
+                "ccb": BusCCB(self._bus)},
+            devarg_override=expid.get("devarg_override") or {})
+        self._datasets = DatasetManager(BusDatasetBackend(self._bus))
+        arguments = ProcessArgumentManager(expid.get("arguments", {}), self._interactive)
+        self._experiment = cls((self._devices, self._datasets, arguments, {}))
+        arguments.check_unprocessed_arguments()
+
+    def prepare(self) -> None:
+        self._experiment.prepare()
+
+    def run(self) -> None:
+        self._run_time = time.time()
+        try:
+            self._experiment.run()
+            assert self._devices is not None
+            self._devices.notify_run_end()
+        except BaseException as exc:
+            self.write_results(f"error: {type(exc).__name__}: {exc}")
+            raise
+
+    def analyze(self) -> None:
+        outcome = "completed"
+        try:
+            self._experiment.analyze()
+        except BaseException as exc:
+            outcome = f"error in analyze: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.write_results(outcome)
+
+    def examine(self, file: str) -> dict[str, Any]:
+        raise NotImplementedError("repository scanning arrives with the repository issue")
+
+    def close(self) -> None:
+        if self._devices is not None:
+            self._devices.close_devices()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _load(wd: str | None, expid: dict[str, Any]) -> types.ModuleType:
+        if "file" in expid:
+            path = os.path.join(wd, expid["file"]) if wd else expid["file"]
+            return file_import(path, prefix="artiq_worker_")
+        module = types.ModuleType("expmodule")
+        exec(compile(expid["content"], "expcontent", "exec"), module.__dict__)
+        return module
+
+    def _interactive(self, arglist_desc: list[Any], title: str) -> dict[str, Any] | None:
+        assert self._bus is not None
+        return self._bus.call("scheduler", "get_interactive_arguments", self._rid,
+                              arglist_desc, title, timeout_s=WAIT_FOREVER_S)
+
+    def write_results(self, outcome: str) -> None:
+        if self._experiment is None or self._datasets is None:
+            return
+        path = results_path(self._home / "results", self._start_time, self._rid,
+                            type(self._experiment).__name__)
+        write_results(path, rid=self._rid, start_time=self._start_time,
+                      run_time=self._run_time, expid=self._expid,
+                      datasets=self._datasets.local, archive=self._datasets.archive,
+                      metadata=self._datasets.metadata, version=__version__,
+                      outcome=outcome)
+        logger.debug("worker(%d): results written to %s", self._rid, path)

@@ -1,0 +1,188 @@
+"""A worker process: runs one experiment's stages on command, as a service on the bus.
+
+Two threads.  The main thread runs user code (build, prepare, run, analyze): libraries
+that insist on the main thread get it, and a long computation blocks nobody else.  A bus
+thread runs the asyncio loop with the worker's service, its log handler and its client:
+heartbeats go on while the experiment computes.  Calls from the experiment to the
+master's services (scheduler, datasets, devices) cross from the main thread into the bus
+thread and wait there for the reply.
+
+Everything the process writes on file descriptors 1 and 2 (``print``, C libraries,
+tracebacks) becomes log records of source ``worker(RID,FILE)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..net import BusAddress
+from ..runtime.bus import BusConnection
+from ..runtime.logs import BusLogHandler
+from ..runtime.service import ServiceHost, rpc, rpc_methods
+
+__all__ = ["main", "WorkerBus"]
+
+logger = logging.getLogger(__name__)
+
+#: A stage job for the main thread, and the future its result goes to.
+Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+
+
+class WorkerBus:
+    """The bus side of a worker: used from the main thread to reach the master."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bus: BusConnection,
+                 handler: BusLogHandler):
+        self.loop, self.bus, self.log_handler = loop, bus, handler
+
+    def call(self, service: str, method: str, *args: Any, timeout_s: float | None = None,
+             **kwargs: Any) -> Any:
+        """A blocking call from user code (main thread) through the bus thread."""
+        coroutine = self.bus.client.call(service, method, *args, timeout_s=timeout_s, **kwargs)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def send(self, service: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """A one-way message; messages keep their order."""
+        self.loop.call_soon_threadsafe(
+            lambda: self.bus.client.send(service, method, *args, **kwargs))
+
+    def publish(self, frames: list[Any]) -> None:
+        self.loop.call_soon_threadsafe(self.bus.publisher.send, frames)
+
+    def set_source(self, source: str) -> None:
+        self.log_handler.source = source
+
+
+class _StageService:
+    """The methods the scheduler calls; each hands a job to the main thread."""
+
+    def __init__(self, jobs: "queue.SimpleQueue[Job | None]", runner: Any):
+        self._jobs, self._runner = jobs, runner
+
+    async def _in_main_thread(self, job: Callable[[], Any]) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.put((job, future))
+        return await future
+
+    @rpc
+    async def build(self, rid: int, pipeline_name: str, wd: str | None,
+                    expid: dict[str, Any], priority: int) -> None:
+        await self._in_main_thread(
+            lambda: self._runner.build(rid, pipeline_name, wd, expid, priority))
+
+    @rpc
+    async def prepare(self) -> None:
+        await self._in_main_thread(self._runner.prepare)
+
+    @rpc
+    async def run(self) -> None:
+        await self._in_main_thread(self._runner.run)
+
+    @rpc
+    async def analyze(self) -> None:
+        await self._in_main_thread(self._runner.analyze)
+
+    @rpc
+    async def examine(self, file: str) -> dict[str, Any]:
+        return await self._in_main_thread(lambda: self._runner.examine(file))
+
+    @rpc
+    def terminate(self) -> None:
+        """Exit now: the run is being deleted (pending output is flushed first)."""
+        self._jobs.put(None)
+
+
+def _capture_output(forward: Callable[[str, str], None]) -> None:
+    """Point fds 1 and 2 at pipes whose lines are forwarded as log records."""
+    for fd, name in ((1, "print"), (2, "stderr")):
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        threading.Thread(target=_forward_lines, args=(read_end, name, forward),
+                         name=f"worker-{name}", daemon=True).start()
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives forever)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def _forward_lines(fd: int, name: str, forward: Callable[[str, str], None]) -> None:
+    with open(fd, "r", errors="replace") as stream:
+        for line in stream:
+            forward(name, line.rstrip("\n"))
+
+
+def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, Any],
+             jobs: "queue.SimpleQueue[Job | None]", runner: Any,
+             stopped: threading.Event) -> None:
+    async def serve() -> None:
+        context = zmq.Context()
+        bus = BusConnection(context, BusAddress(**config["broker"]))
+        try:
+            await bus.start()
+            handler = BusLogHandler(bus.client, "worker", level=config.get("log_level", 0))
+            host = ServiceHost(context, bus.address, config["service"],
+                               rpc_methods(_StageService(jobs, runner)))
+            await host.start()
+            await asyncio.wait_for(host.registered.wait(), 10.0)
+            bus.client.send("workers", "ready", config["service"], os.getpid())
+            ready.set_result(WorkerBus(asyncio.get_running_loop(), bus, handler))
+            await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+            handler.flush()
+            await host.stop()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+        finally:
+            await bus.stop()
+            context.destroy(linger=0)
+    asyncio.run(serve())
+
+
+def main(config: dict[str, Any]) -> int:
+    """Run a worker until told to terminate; the exit code."""
+    from .experiment import ExperimentRunner  # user-facing code: imported in the child
+
+    jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+    ready: concurrent.futures.Future[WorkerBus] = concurrent.futures.Future()
+    stopped = threading.Event()
+    runner = ExperimentRunner()
+    bus_thread = threading.Thread(target=_run_bus, args=(ready, config, jobs, runner, stopped),
+                                  name="worker-bus", daemon=True)
+    bus_thread.start()
+    worker_bus = ready.result(timeout=30.0)
+    runner.attach(worker_bus)
+    _capture_output(runner.forward_output)
+    root = logging.getLogger()
+    root.addHandler(worker_bus.log_handler)
+    root.setLevel(config.get("log_level", logging.WARNING))
+    while (job := jobs.get()) is not None:
+        function, future = job
+        try:
+            result = function()
+        except BaseException as exc:
+            worker_bus.loop.call_soon_threadsafe(_settle, future, exc, None)
+        else:
+            worker_bus.loop.call_soon_threadsafe(_settle, future, None, result)
+    runner.close()
+    stopped.set()
+    bus_thread.join(5.0)
+    return 0
+
+
+def _settle(future: "asyncio.Future[Any]", error: BaseException | None, result: Any) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+    else:
+        future.set_result(result)

@@ -34,8 +34,8 @@ __all__ = ["main", "WorkerBus"]
 
 logger = logging.getLogger(__name__)
 
-#: A stage job for the main thread, and the future its result goes to.
-Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+#: A stage job for the main thread: its name, what to call, where the result goes.
+Job = tuple[str, Callable[[], Any], "asyncio.Future[Any]"]
 
 
 class WorkerBus:
@@ -69,32 +69,32 @@ class _StageService:
     def __init__(self, jobs: "queue.SimpleQueue[Job | None]", runner: Any):
         self._jobs, self._runner = jobs, runner
 
-    async def _in_main_thread(self, job: Callable[[], Any]) -> Any:
+    async def _in_main_thread(self, name: str, job: Callable[[], Any]) -> Any:
         future = asyncio.get_running_loop().create_future()
-        self._jobs.put((job, future))
+        self._jobs.put((name, job, future))
         return await future
 
     @rpc
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
                     expid: dict[str, Any], priority: int) -> None:
         await self._in_main_thread(
-            lambda: self._runner.build(rid, pipeline_name, wd, expid, priority))
+            "build", lambda: self._runner.build(rid, pipeline_name, wd, expid, priority))
 
     @rpc
     async def prepare(self) -> None:
-        await self._in_main_thread(self._runner.prepare)
+        await self._in_main_thread("prepare", self._runner.prepare)
 
     @rpc
     async def run(self) -> None:
-        await self._in_main_thread(self._runner.run)
+        await self._in_main_thread("run", self._runner.run)
 
     @rpc
     async def analyze(self) -> None:
-        await self._in_main_thread(self._runner.analyze)
+        await self._in_main_thread("analyze", self._runner.analyze)
 
     @rpc
     async def examine(self, file: str) -> dict[str, Any]:
-        return await self._in_main_thread(lambda: self._runner.examine(file))
+        return await self._in_main_thread("examine", lambda: self._runner.examine(file))
 
     @rpc
     def terminate(self) -> None:
@@ -166,10 +166,12 @@ def main(config: dict[str, Any]) -> int:
     root.addHandler(worker_bus.log_handler)
     root.setLevel(config.get("log_level", logging.WARNING))
     while (job := jobs.get()) is not None:
-        function, future = job
+        name, function, future = job
         try:
             result = function()
         except BaseException as exc:
+            # The experiment's own traceback, for its author, under its run's source.
+            logger.error("%s() failed", name, exc_info=True)
             worker_bus.loop.call_soon_threadsafe(_settle, future, exc, None)
         else:
             worker_bus.loop.call_soon_threadsafe(_settle, future, None, result)

@@ -1,0 +1,118 @@
+"""The scheduler's handle on a worker process over the bus (a :class:`WorkerHandle`).
+
+The worker pool (service ``workers``) hands out a ready worker, a service
+``worker.<id>``; the handle calls its stages.  A worker that dies shows as
+``ServiceDied`` on the stage call; the pool then says how it died.  ``close()``
+escalates: a ``terminate`` request, then SIGTERM, then SIGKILL, each step timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from ..client.aio import AsyncClient
+from ..protocol import BusError, DeadlineExceeded, RemoteError, ServiceDied, Unavailable
+from .errors import WorkerBuildTimeout, WorkerCrashed, WorkerError
+from .worker import PauseGate
+
+__all__ = ["BusWorkerHandle", "BUILD_TIMEOUT_S", "CLOSE_STEP_S"]
+
+logger = logging.getLogger(__name__)
+
+#: Importing the experiment and running build().
+BUILD_TIMEOUT_S = 15.0
+#: Each step of close(): terminate request, SIGTERM, SIGKILL.
+CLOSE_STEP_S = 1.0
+#: Stages without a deadline (run() may take days); bounded for the wire.
+_FOREVER_S = 30 * 24 * 3600.0
+#: Stages that end with the worker having written the results file when they fail.
+_WRITES_RESULTS = frozenset({"run", "analyze"})
+
+
+class BusWorkerHandle:
+    """One run's worker, reached through the broker."""
+
+    def __init__(self, client: AsyncClient, rid: int):
+        self.exit_description: str | None = None
+        self._client, self._rid = client, rid
+        self._service: str | None = None
+        self._pid: int | None = None
+        self._gate = PauseGate()
+        self._run_stage: asyncio.Future[Any] | None = None
+        self._closed = False
+
+    async def build(self, rid: int, pipeline_name: str, wd: str | None,
+                    expid: dict[str, Any], priority: int) -> None:
+        worker = await self._client.call("workers", "acquire", timeout_s=BUILD_TIMEOUT_S)
+        self._service, self._pid = worker["service"], worker["pid"]
+        logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
+        await self._stage("build", rid, pipeline_name, wd, expid, priority,
+                          timeout_s=BUILD_TIMEOUT_S)
+
+    async def prepare(self) -> None:
+        await self._stage("prepare")
+
+    async def run(self) -> bool:
+        self._run_stage = asyncio.ensure_future(self._stage("run"))
+        return await self._gate.stage(self._run_stage)
+
+    async def resume(self, termination_requested: bool) -> bool:
+        assert self._run_stage is not None
+        self._gate.answer(termination_requested)
+        return await self._gate.stage(self._run_stage)
+
+    async def analyze(self) -> None:
+        await self._stage("analyze")
+
+    async def request_pause(self) -> bool:
+        return await self._gate.request()
+
+    async def close(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._gate.close()
+        if self._run_stage is not None and not self._run_stage.done():
+            self._run_stage.cancel()
+        if self._service is None or self._pid is None:
+            return
+        try:
+            self._client.send(self._service, "terminate")
+            for signum in (None, signal.SIGTERM, signal.SIGKILL):
+                if signum is not None:
+                    logger.warning("scheduler: worker of RID %d does not stop (%s), "
+                                   "sending %s", self._rid, reason, signum.name)
+                    await self._client.call("workers", "signal", self._pid, int(signum))
+                description = await self._client.call(
+                    "workers", "exit_status", self._pid, CLOSE_STEP_S,
+                    timeout_s=CLOSE_STEP_S + 5.0)
+                if description is not None:
+                    self.exit_description = description
+                    return
+            logger.error("scheduler: worker of RID %d refuses to die", self._rid)
+        except BusError as exc:
+            logger.error("scheduler: closing the worker of RID %d failed: %s", self._rid, exc)
+
+    async def _stage(self, method: str, *args: Any, timeout_s: float = _FOREVER_S) -> Any:
+        assert self._service is not None
+        try:
+            return await self._client.call(self._service, method, *args, timeout_s=timeout_s)
+        except DeadlineExceeded:
+            raise WorkerBuildTimeout(f"{method} took more than {timeout_s:g} s") from None
+        except (ServiceDied, Unavailable) as exc:
+            self.exit_description = await self._how_it_ended()
+            raise WorkerCrashed(f"worker died in {method}(): "
+                                f"{self.exit_description or exc}") from None
+        except RemoteError as exc:
+            raise WorkerError(f"{method}() raised {exc}",
+                              results_written=method in _WRITES_RESULTS) from None
+
+    async def _how_it_ended(self) -> str | None:
+        try:
+            return await self._client.call("workers", "exit_status", self._pid, CLOSE_STEP_S,
+                                           timeout_s=CLOSE_STEP_S + 5.0)
+        except BusError:
+            return None

@@ -1,0 +1,203 @@
+"""A pipeline: its runs and its three stages, working concurrently (reference §3.4–3.6).
+
+* prepare: the most important pending run that is due and takes precedence over
+  every ``prepare_done`` run (so normally one run is prepared ahead); with ``flush``
+  it first waits, ``flushing``, until every other active run of the pipeline is of
+  lower priority; then build and prepare.
+* run: the most important ``prepare_done`` run, unless a paused run (a stack) is at
+  least as important, which is then resumed instead.  A run that asks to pause goes
+  on the stack, and the choice is made again at once.
+* analyze: the most important ``run_done`` run; the run is then deleted.
+
+A stage waits on the pipeline's :class:`~.tasks.Signal` (notified on every submission,
+status change and deletion), with a timer for the next due date: no polling.  What a
+stage does to a run (status, worker calls, failures, deletion) goes through the
+:class:`StageHost`, the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from .errors import RunDeleted
+from .runs import Run
+from .status import RunStatus, Stage
+from .tasks import Signal
+from .worker import WorkerHandle
+
+__all__ = ["Pipeline", "StageHost"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Pick = Callable[[float], tuple[T | None, float | None]]
+
+
+class StageHost(Protocol):
+    """What the stages need from the engine."""
+
+    def set_status(self, run: Run, status: RunStatus) -> None: ...
+
+    def finish(self, run: Run, reason: str) -> None:
+        """Delete a run that is done with (analysed, or failed)."""
+        ...
+
+    def worker_for(self, run: Run) -> WorkerHandle: ...
+
+    async def call(self, run: Run, step: Awaitable[T]) -> T:
+        """Await a worker call; RunDeleted as soon as the run is deleted."""
+        ...
+
+    def stage_failed(self, run: Run, stage: Stage, exc: Exception) -> None: ...
+
+
+class Pipeline:
+    """One pipeline's runs (by RID) and stage tasks."""
+
+    def __init__(self, name: str, host: StageHost):
+        self.name = name
+        self.runs: dict[int, Run] = {}
+        self.changed = Signal()
+        self._host = host
+        self._stack: list[Run] = []  # paused runs, the most recently paused on top
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for stage, loop in ((Stage.prepare, self._prepare_loop), (Stage.run, self._run_loop),
+                            (Stage.analyze, self._analyze_loop)):
+            self._tasks.append(asyncio.create_task(
+                self._guarded(stage, loop), name=f"pipeline {self.name!r} {stage.value} stage"))
+
+    async def _guarded(self, stage: Stage, loop: Callable[[], Awaitable[None]]) -> None:
+        """A stage loop; a bug that ends it is logged, never silent."""
+        try:
+            await loop()
+        except Exception:
+            logger.critical("pipeline %r: the %s stage stopped on an internal error "
+                            "(RIDs %s)", self.name, stage.value, sorted(self.runs),
+                            exc_info=True)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _next(self, pick: Pick[T]) -> T:
+        """The first thing ``pick(now)`` returns, waking on changes and due dates."""
+        while True:
+            found, wake_at = pick(time.time())
+            if found is not None:
+                return found
+            await self.changed.wait(wake_at)
+
+    def _with(self, status: RunStatus) -> list[Run]:
+        return [run for run in self.runs.values() if run.status is status]
+
+    # -- prepare ----------------------------------------------------------------------
+
+    def _to_prepare(self, now: float) -> tuple[Run | None, float | None]:
+        """The run to prepare now, or None and the due date to wake at."""
+        bar = max((run.key for run in self._with(RunStatus.prepare_done)), default=None)
+        candidates = [run for run in self._with(RunStatus.pending)
+                      if bar is None or run.key > bar]
+        due = [run for run in candidates if (run.due_date or 0) < now]
+        if due:
+            return max(due, key=lambda run: run.key), None
+        return None, min((run.due_date for run in candidates if run.due_date), default=None)
+
+    async def _prepare_loop(self) -> None:
+        while True:
+            await self._prepare(await self._next(self._to_prepare))
+
+    def _flushed(self, run: Run) -> bool:
+        return all(other is run or other.status in (RunStatus.pending, RunStatus.deleting)
+                   or other.priority < run.priority for other in self.runs.values())
+
+    async def _prepare(self, run: Run) -> None:
+        try:
+            if run.flush:
+                self._host.set_status(run, RunStatus.flushing)
+                while not self._flushed(run):
+                    await self.changed.wait()
+                    if run.deleted.is_set():
+                        return
+            run.start_time = time.time()
+            self._host.set_status(run, RunStatus.preparing)
+            worker = self._host.worker_for(run)
+            await self._host.call(run, worker.build(run.rid, self.name, run.wd, run.expid,
+                                                    run.priority))
+            await self._host.call(run, worker.prepare())
+        except RunDeleted:
+            return
+        except Exception as exc:
+            self._host.stage_failed(run, Stage.prepare, exc)
+            return
+        self._host.set_status(run, RunStatus.prepare_done)
+
+    # -- run --------------------------------------------------------------------------
+
+    def _to_run(self, now: float) -> tuple[tuple[Run, bool] | None, None]:
+        """(run, whether it is resumed) to run now, or None."""
+        self._stack = [run for run in self._stack if not run.deleted.is_set()]
+        prepared = self._with(RunStatus.prepare_done)
+        best = max(prepared, key=lambda run: run.key) if prepared else None
+        if self._stack and (best is None or best.key <= self._stack[-1].key):
+            return (self._stack.pop(), True), None
+        return ((best, False) if best is not None else None), None
+
+    async def _run_loop(self) -> None:
+        while True:
+            run, resumed = await self._next(self._to_run)
+            await self._run(run, resumed)
+
+    async def _run(self, run: Run, resumed: bool) -> None:
+        worker = run.worker
+        assert worker is not None
+        try:
+            if resumed:
+                flag, run.termination_requested = run.termination_requested, False
+                self._host.set_status(run, RunStatus.running)
+                completed = await self._host.call(run, worker.resume(flag))
+            else:
+                run.run_time = time.time()
+                self._host.set_status(run, RunStatus.running)
+                completed = await self._host.call(run, worker.run())
+        except RunDeleted:
+            return
+        except Exception as exc:
+            self._host.stage_failed(run, Stage.run, exc)
+            return
+        if completed:
+            self._host.set_status(run, RunStatus.run_done)
+        else:
+            self._host.set_status(run, RunStatus.paused)
+            self._stack.append(run)
+            logger.debug("RID %d paused", run.rid)
+
+    # -- analyze ----------------------------------------------------------------------
+
+    def _to_analyze(self, now: float) -> tuple[Run | None, None]:
+        done = self._with(RunStatus.run_done)
+        return (max(done, key=lambda run: run.key) if done else None), None
+
+    async def _analyze_loop(self) -> None:
+        while True:
+            await self._analyze(await self._next(self._to_analyze))
+
+    async def _analyze(self, run: Run) -> None:
+        worker = run.worker
+        assert worker is not None
+        try:
+            self._host.set_status(run, RunStatus.analyzing)
+            await self._host.call(run, worker.analyze())
+        except RunDeleted:
+            return
+        except Exception as exc:
+            self._host.stage_failed(run, Stage.analyze, exc)
+            return
+        self._host.finish(run, "completed")

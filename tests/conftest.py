@@ -115,6 +115,8 @@ class Master(Process):
                  ports: tuple[int, int, int] | None = None):
         self.control, self.notify, self.publish = ports or (free_port(), free_port(),
                                                             free_port())
+        if not (cwd / "device_db.py").exists():
+            (cwd / "device_db.py").write_text("device_db = {}\n")
         super().__init__([sys.executable, "-m", "artiq_bus.frontend.artiq_master",
                           "--port-control", str(self.control),
                           "--port-notify", str(self.notify),

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 #: The broker answers requests to this service itself.
 BROKER_SERVICE = "broker"
 _BROKER_METHODS = frozenset({"ping", "info", "services"})
+#: Subscribers only send subscriptions (topics) to the notify socket.  A longer one
+#: disconnects them: ZeroMQ keeps subscriptions in tries it walks recursively, byte by
+#: byte, and a topic of a few hundred kB overflows a thread's stack (a segfault).
+MAX_SUBSCRIPTION_BYTES = 8192
 
 
 @dataclasses.dataclass
@@ -97,6 +101,7 @@ class Broker:
         router.router_mandatory = True
         xsub = configure(self._context.socket(zmq.XSUB), rcvhwm=100_000)
         xpub = configure(self._context.socket(zmq.XPUB), sndhwm=self.config.notify_hwm)
+        xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
         for sock in (router, xsub, xpub):
             if curve is not None:
                 curve.apply(sock)
@@ -107,11 +112,10 @@ class Broker:
         self.ports["notify"] = self._bind(xpub, self.inproc.notify,
                                           self.config.notify_endpoints)
         self._router = router
-        self._reader = SocketReader(router)
+        self._reader = SocketReader(router, on_message=self._route)
         self._proxy = PublicationProxy(self._context, xsub, xpub)
         self._proxy.start(self.inproc.publish)
-        self._tasks = [asyncio.create_task(self._route(), name="broker-route"),
-                       asyncio.create_task(self._heartbeat(), name="broker-heartbeat")]
+        self._tasks = [asyncio.create_task(self._heartbeat(), name="broker-heartbeat")]
         logger.info("broker: listening, control %s, notify %s, publish %s",
                     ", ".join(self.config.control_endpoints) or "inproc only",
                     ", ".join(self.config.notify_endpoints) or "inproc only",
@@ -127,7 +131,8 @@ class Broker:
             if endpoint.endswith(":0"):
                 endpoint = endpoint[:-1] + (str(port) if port else "*")
             sock.bind(endpoint)
-            port = int(sock.last_endpoint.decode().rsplit(":", 1)[1])
+            if endpoint.startswith("tcp://"):
+                port = int(sock.last_endpoint.decode().rsplit(":", 1)[1])
         return port
 
     async def stop(self) -> None:
@@ -147,16 +152,14 @@ class Broker:
 
     # -- routing ----------------------------------------------------------------------
 
-    async def _route(self) -> None:
-        assert self._reader is not None
-        while True:
-            for frames in await self._reader.recv_batch():
-                try:
-                    self._handle(frames)
-                except ProtocolError as exc:
-                    self.bad_messages.report(frames[0].bytes, str(exc))
-                except Exception as exc:  # a peer must never stop the broker
-                    self.bad_messages.report(frames[0].bytes, f"{type(exc).__name__}: {exc}")
+    def _route(self, frames: list[zmq.Frame]) -> None:
+        """Called by the reader for each message on the ROUTER socket."""
+        try:
+            self._handle(frames)
+        except ProtocolError as exc:
+            self.bad_messages.report(frames[0].bytes, str(exc))
+        except Exception as exc:  # a peer must never stop the broker
+            self.bad_messages.report(frames[0].bytes, f"{type(exc).__name__}: {exc}")
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -275,6 +278,9 @@ class Broker:
         if replaced is not None:
             logger.warning("broker: service %r registered again by a new peer; "
                            "the old one is dropped", name)
+            # BYE with the name: "taken over, do not register again" (not a plain BYE,
+            # which would make the old peer take the service back).
+            self._send([replaced.identity, VERSION, Command.BYE.value, name.encode()])
         self._fail(owed, ServiceDied(f"service {name!r} was replaced"))
         self._send([identity, VERSION, Command.ACK.value, name.encode()])
         logger.info("broker: service %r registered (%d methods)", name, len(methods))

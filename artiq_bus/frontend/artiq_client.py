@@ -11,17 +11,40 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import dateutil.parser
+
+from .. import pyon
 from ..client.aio import AsyncClient
 from ..client.subscriber import Subscriber
 from ..client.sync import Client
 from ..net import BusAddress
 from ..net.errors import NetError
-from ..protocol import (BusError, DeadlineExceeded, ProtocolError, RemoteError, Unavailable,
-                        stream_topic, unpack)
-from .common import (ExitCode, add_client_security, add_server, add_verbosity, add_version,
-                     address_from_args, curve_client_from_args, fail)
+from ..protocol import (
+    BusError,
+    DeadlineExceeded,
+    ProtocolError,
+    RemoteError,
+    Unavailable,
+    stream_topic,
+    unpack,
+)
+from .common import (
+    CommandError,
+    ExitCode,
+    UsageError,
+    add_client_security,
+    add_server,
+    add_verbosity,
+    add_version,
+    address_from_args,
+    curve_client_from_args,
+    fail,
+    log_level,
+    parse_arguments,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -38,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbosity(parser)
     commands = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
+    _add_submit(commands)
+    delete = commands.add_parser("delete", help="delete an experiment from the schedule")
+    delete.add_argument("-g", action="store_true",
+                        help="request graceful termination (the experiment may finish "
+                             "cleanly) instead of deleting at once")
+    delete.add_argument("rid", metavar="RID", type=int, help="run identifier (RID)")
+    delete.set_defaults(func=_action_delete)
+
     terminate = commands.add_parser("terminate", help="stop the master")
     terminate.set_defaults(func=_action_terminate)
 
@@ -45,6 +76,79 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("what", choices=["log"], help="what to show")
     show.set_defaults(func=_action_show)
     return parser
+
+
+def _add_submit(commands: Any) -> None:
+    submit = commands.add_parser("submit", help="submit an experiment")
+    submit.add_argument("-p", "--pipeline", default="main",
+                        help="pipeline to run the experiment in (default: %(default)s)")
+    submit.add_argument("-P", "--priority", default=0, type=int,
+                        help="priority (higher runs first, default: %(default)s)")
+    submit.add_argument("-t", "--timed", default=None, metavar="DUE_DATE",
+                        help="do not run before this date and time (local time)")
+    submit.add_argument("-f", "--flush", action="store_true",
+                        help="wait for the runs before it in the pipeline to finish")
+    submit.add_argument("-R", "--repository", action="store_true",
+                        help="take FILE from the master's repository")
+    submit.add_argument("-r", "--revision", default=None,
+                        help="repository revision (with -R; default: the current one)")
+    submit.add_argument("--devarg-override", default="",
+                        help="override device arguments: 'device:argument=PYON ...'")
+    submit.add_argument("--content", action="store_true",
+                        help="send the file's text instead of its path (no sibling imports)")
+    submit.add_argument("-c", "--class-name", default=None,
+                        help="experiment class to run (needed when the file has several)")
+    submit.add_argument("file", metavar="FILE", help="the experiment file")
+    submit.add_argument("arguments", metavar="ARGUMENTS", nargs="*",
+                        help="run arguments, KEY=VALUE (VALUE in PYON)")
+    submit.set_defaults(func=_action_submit)
+
+
+def _due_date(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return dateutil.parser.parse(text).timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise UsageError(f"cannot read the date {text!r}: {exc}") from None
+
+
+def _devarg_override(text: str) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in text.split():
+        device, sep, assignment = item.partition(":")
+        argument, sep2, value = assignment.partition("=")
+        if not (sep and sep2 and device and argument):
+            raise UsageError(f"device argument override {item!r} is not "
+                             "'device:argument=PYON'")
+        try:
+            overrides.setdefault(device, {})[argument] = pyon.decode(value)
+        except ValueError as exc:
+            raise UsageError(f"device argument override {item!r}: {exc}") from None
+    return overrides
+
+
+def make_expid(args: argparse.Namespace) -> dict[str, Any]:
+    """The expid of a ``submit`` command line (ARTIQ's fields)."""
+    if args.revision is not None and not args.repository:
+        raise UsageError("-r/--revision needs -R/--repository")
+    if args.content and args.repository:
+        raise UsageError("--content cannot be used with -R/--repository")
+    arguments, _ = parse_arguments(args.arguments)
+    expid: dict[str, Any] = {"log_level": log_level(args), "class_name": args.class_name,
+                             "arguments": arguments}
+    if args.devarg_override:
+        expid["devarg_override"] = _devarg_override(args.devarg_override)
+    if args.content:
+        try:
+            expid["content"] = Path(args.file).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    else:
+        expid["file"] = args.file
+    if args.repository:
+        expid["repo_rev"] = args.revision
+    return expid
 
 
 class Session:
@@ -77,6 +181,21 @@ class Session:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _action_submit(session: Session) -> None:
+    args = session.args
+    expid = make_expid(args)
+    rid = session.call("scheduler", "submit", args.pipeline, expid, args.priority,
+                       _due_date(args.timed), args.flush)
+    print(f"RID: {rid}")
+
+
+def _action_delete(session: Session) -> None:
+    if session.args.g:
+        session.call("scheduler", "request_termination", session.args.rid)
+    else:
+        session.call("scheduler", "delete", session.args.rid)
 
 
 def _action_terminate(session: Session) -> None:
@@ -144,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         _run(args.func, args)
     except KeyboardInterrupt:
         pass
+    except CommandError as exc:
+        fail(PROGRAM, str(exc), exc.code)
     except Unavailable as exc:
         fail(PROGRAM, str(exc), ExitCode.UNAVAILABLE)
     except NetError as exc:

@@ -12,17 +12,22 @@ import contextlib
 import logging
 import signal
 import sys
+import tempfile
 import time
 
 import zmq
 
 from ..broker.broker import Broker, BrokerConfig
 from ..client.aio import AsyncClient
-from ..net import CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
+from ..net import BusAddress, CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
 from ..net.addresses import DEFAULT_CONTROL_PORT, DEFAULT_NOTIFY_PORT, DEFAULT_PUBLISH_PORT
 from ..net.errors import NetError
+from ..nodes.devices import DevicesNode
+from ..nodes.errors import NodeConfigError
 from ..nodes.log import CONSOLE_FORMAT, LogNode
 from ..nodes.management import ManagementNode
+from ..nodes.scheduler import SchedulerNode
+from ..nodes.workers import WorkerPool
 from ..protocol import BusError
 from ..runtime.bus import BusConnection, BusNode
 from ..runtime.logs import BusLogHandler
@@ -63,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "anyone who reaches it can run experiments")
     parser.add_argument("--name", default=None,
                         help="friendly name of this master, shown by dashboards")
+    DevicesNode.add_arguments(parser)
+    SchedulerNode.add_arguments(parser)
+    WorkerPool.add_arguments(parser)
     LogNode.add_arguments(parser)
     add_verbosity(parser)
     return parser
@@ -76,7 +84,13 @@ def _curve(args: argparse.Namespace) -> CurveServer | None:
     return CurveServer.load(args.curve_secret_key, args.curve_allowed_keys)
 
 
-def broker_config(args: argparse.Namespace) -> BrokerConfig:
+def _local_endpoints(directory: str) -> BusAddress:
+    """IPC endpoints for worker processes on this host (faster than TCP loopback)."""
+    return BusAddress(*(f"ipc://{directory}/{kind}" for kind in ("control", "notify",
+                                                                 "publish")))
+
+
+def broker_config(args: argparse.Namespace, local: BusAddress) -> BrokerConfig:
     """Endpoints from the flags; refuses a non-loopback bind without keys or --insecure."""
     hosts = resolve_bind_hosts(args.bind, not args.no_localhost_bind)
     curve = _curve(args)
@@ -88,9 +102,10 @@ def broker_config(args: argparse.Namespace) -> BrokerConfig:
 
     def endpoints(port: int) -> list[str]:
         return [tcp_endpoint(host, port) for host in hosts]
-    return BrokerConfig(control_endpoints=endpoints(args.port_control),
-                        notify_endpoints=endpoints(args.port_notify),
-                        publish_endpoints=endpoints(args.port_publish), curve=curve)
+    return BrokerConfig(control_endpoints=[*endpoints(args.port_control), local.control],
+                        notify_endpoints=[*endpoints(args.port_notify), local.notify],
+                        publish_endpoints=[*endpoints(args.port_publish), local.publish],
+                        curve=curve)
 
 
 class _SourceFilter(logging.Filter):
@@ -118,12 +133,16 @@ async def _wait_ready(client: AsyncClient, services: list[str]) -> None:
 class Master:
     """Runs the broker and the nodes; stops them in reverse order."""
 
-    def __init__(self, args: argparse.Namespace, config: BrokerConfig):
+    def __init__(self, args: argparse.Namespace, config: BrokerConfig, local: BusAddress):
         self.args = args
         self.config = config
         self.terminate = asyncio.Event()
-        self.nodes: list[BusNode] = [LogNode.from_args(args),
-                                     ManagementNode(args.name, self.terminate)]
+        # Built before anything starts: a broken device database stops us here.
+        self.nodes: list[BusNode] = [
+            LogNode.from_args(args), ManagementNode(args.name, self.terminate),
+            DevicesNode.from_args(args),
+            WorkerPool(local, args.worker_spares, log_level(args)),
+            SchedulerNode.from_args(args)]
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,12 +205,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     init_console_logging(log_level(args))
     try:
-        config = broker_config(args)
-        asyncio.run(Master(args, config).run())
+        with tempfile.TemporaryDirectory(prefix="artiq_bus-") as directory:
+            local = _local_endpoints(directory)
+            config = broker_config(args, local)
+            asyncio.run(Master(args, config, local).run())
     except NetError as exc:
         fail(PROGRAM, str(exc), ExitCode.CONFIG)
     except zmq.ZMQError as exc:
         fail(PROGRAM, f"cannot listen: {exc}", ExitCode.CONFIG)
+    except NodeConfigError as exc:
+        fail(PROGRAM, str(exc), ExitCode.CONFIG)
     except BusError as exc:
         fail(PROGRAM, f"services did not start: {exc}", ExitCode.ERROR)
     except KeyboardInterrupt:

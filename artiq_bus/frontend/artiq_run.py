@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -39,7 +39,8 @@ from ..worker import (DatasetManager, DeviceDB, DeviceManager, LocalDatasetBacke
                       ProcessArgumentManager, file_import, get_experiment,
                       install_artiq_compat)
 from ..worker.interfaces import ArgDesc
-from .common import ExitCode, add_verbosity, add_version, fail, log_level
+from .common import CommandError as RunError
+from .common import ExitCode, UsageError, add_verbosity, add_version, fail, log_level, parse_arguments
 
 __all__ = ["main", "build_parser", "DummyScheduler", "DummyCCB", "parse_arguments"]
 
@@ -51,16 +52,6 @@ LOG_FORMAT = "%(levelname)s:%(name)s:%(message)s"
 KERNEL_SUFFIXES = frozenset({".elf", ".ll", ".bc", ".tar"})
 _PACKAGE_DIR = Path(artiq_bus.__file__).resolve().parent
 T = TypeVar("T")
-
-
-class RunError(Exception):
-    """Ends artiq_run with this one-line message and :attr:`code`."""
-    code = ExitCode.ERROR
-
-
-class UsageError(RunError):
-    """The command line names something unusable: file, class or argument."""
-    code = ExitCode.USAGE
 
 
 class ConfigError(RunError):
@@ -126,25 +117,6 @@ class DummyCCB:
 
 
 # --- arguments -----------------------------------------------------------------------
-
-def parse_arguments(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``KEY=VALUE`` items → (key → PYON-decoded value, key → the VALUE text)."""
-    values: dict[str, Any] = {}
-    texts: dict[str, str] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"argument {item!r} is not KEY=VALUE")
-        if key in values:
-            raise UsageError(f"argument {key!r} is given twice")
-        try:
-            values[key] = pyon.decode(text)
-        except ValueError:
-            hint = "" if text[:1] in "\"'" else f" (a string needs quotes: {key}='\"{text}\"')"
-            raise UsageError(f"argument {key!r}: {text!r} is not a PYON value{hint}") from None
-        texts[key] = text
-    return values, texts
-
 
 class CommandLineArguments(ProcessArgumentManager):
     """Command-line arguments: a missing or bad value is a UsageError (the user's)."""

@@ -6,13 +6,14 @@ import argparse
 import enum
 import logging
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from .. import __version__
+from .. import __version__, pyon
 from ..net import CLIENT_KEY_ENV, SERVER_KEY_ENV, BusAddress, CurveClient
 from ..net.addresses import DEFAULT_CONTROL_PORT
 
-__all__ = ["ExitCode", "add_verbosity", "log_level", "add_client_security",
+__all__ = ["CommandError", "UsageError", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "add_client_security",
            "curve_client_from_args", "add_version", "fail", "add_server",
            "address_from_args"]
 
@@ -25,6 +26,38 @@ class ExitCode(enum.IntEnum):
     USAGE = 2          # bad flags or arguments (argparse uses 2 as well)
     UNAVAILABLE = 3    # no master answered
     CONFIG = 4         # a configuration that cannot work (keys, binds)
+
+
+class CommandError(Exception):
+    """Ends a command with this one-line message and :attr:`code`."""
+
+    code = ExitCode.ERROR
+
+
+class UsageError(CommandError):
+    """The command line names something unusable: a file, a class, an argument."""
+
+    code = ExitCode.USAGE
+
+
+def parse_arguments(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``KEY=VALUE`` items → (key → PYON-decoded value, key → the VALUE text)."""
+    values: dict[str, Any] = {}
+    texts: dict[str, str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument {item!r} is not KEY=VALUE")
+        if key in values:
+            raise UsageError(f"argument {key!r} is given twice")
+        try:
+            values[key] = pyon.decode(text)
+        except ValueError:
+            hint = "" if text[:1] in "\"'" else f" (a string needs quotes: {key}='\"{text}\"')"
+            raise UsageError(f"argument {key!r}: {text!r} is not a PYON value{hint}") from None
+        texts[key] = text
+    return values, texts
+
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from ..runtime.bus import BusConnection
 from ..runtime.service import ServiceHost, rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..worker.devices import DeviceDB
+from .errors import NodeConfigError
 
 __all__ = ["DevicesNode", "DEVICES_SERVICE"]
 
@@ -30,7 +31,14 @@ class DevicesNode:
 
     def __init__(self, device_db: str):
         # Read at construction: a broken file stops the master before it starts.
-        self._db = DeviceDB(device_db)
+        try:
+            self._db = DeviceDB(device_db)
+        except FileNotFoundError:
+            raise NodeConfigError(f"device database {device_db} not found (give "
+                                  "--device-db FILE)") from None
+        except Exception as exc:  # the file is Python: it can raise anything
+            raise NodeConfigError(f"cannot read device database {device_db}: "
+                                  f"{type(exc).__name__}: {exc}") from None
         self._owner: StructOwner | None = None
         self._host: ServiceHost | None = None
 

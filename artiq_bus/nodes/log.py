@@ -35,9 +35,14 @@ FILE_FORMAT = "%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s"
 _FIELDS = ("level", "source", "time", "name", "message")
 
 
+#: Record times the console, the log file and clients can show: 1970 to year 9999.
+_MAX_TIME = 253402214400.0
+
+
 def _valid(record: Any) -> bool:
     return (isinstance(record, dict) and isinstance(record.get("level"), int)
             and isinstance(record.get("time"), (int, float))
+            and 0 <= record["time"] <= _MAX_TIME  # also false for NaN
             and all(isinstance(record.get(f), str) for f in ("source", "name", "message")))
 
 

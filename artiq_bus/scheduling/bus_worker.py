@@ -15,7 +15,7 @@ from typing import Any
 
 from ..client.aio import AsyncClient
 from ..protocol import BusError, DeadlineExceeded, RemoteError, ServiceDied, Unavailable
-from .errors import WorkerBuildTimeout, WorkerCrashed, WorkerError
+from .errors import WorkerBuildTimeout, WorkerCrashed, WorkerError, WorkerTimeout
 from .worker import PauseGate
 
 __all__ = ["BusWorkerHandle", "BUILD_TIMEOUT_S", "CLOSE_STEP_S"]
@@ -88,7 +88,7 @@ class BusWorkerHandle:
                     await self._client.call("workers", "signal", self._pid, int(signum))
                 description = await self._client.call(
                     "workers", "exit_status", self._pid, CLOSE_STEP_S,
-                    timeout_s=CLOSE_STEP_S + 5.0)
+                    timeout_s=CLOSE_STEP_S + 1.0)
                 if description is not None:
                     self.exit_description = description
                     return
@@ -101,7 +101,8 @@ class BusWorkerHandle:
         try:
             return await self._client.call(self._service, method, *args, timeout_s=timeout_s)
         except DeadlineExceeded:
-            raise WorkerBuildTimeout(f"{method} took more than {timeout_s:g} s") from None
+            timeout = WorkerBuildTimeout if method == "build" else WorkerTimeout
+            raise timeout(f"{method}() took more than {timeout_s:g} s") from None
         except (ServiceDied, Unavailable) as exc:
             self.exit_description = await self._how_it_ended()
             raise WorkerCrashed(f"worker died in {method}(): "
@@ -113,6 +114,6 @@ class BusWorkerHandle:
     async def _how_it_ended(self) -> str | None:
         try:
             return await self._client.call("workers", "exit_status", self._pid, CLOSE_STEP_S,
-                                           timeout_s=CLOSE_STEP_S + 5.0)
+                                           timeout_s=CLOSE_STEP_S + 1.0)
         except BusError:
             return None

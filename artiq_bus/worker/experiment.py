@@ -48,9 +48,11 @@ class ExperimentRunner:
 
     def forward_output(self, stream: str, line: str) -> None:
         """A line the experiment printed: a log record (``print`` at INFO, stderr at
-        WARNING), as ARTIQ shows it."""
+        WARNING) that always shows, whatever the run's log level, as in ARTIQ."""
+        assert self._bus is not None
         level = logging.INFO if stream == "print" else logging.WARNING
-        logging.getLogger(stream).log(level, "%s", line)
+        record = logging.LogRecord(stream, level, "", 0, "%s", (line,), None)
+        self._bus.log_handler.handle(record)
 
     # -- stages -----------------------------------------------------------------------
 
@@ -58,6 +60,7 @@ class ExperimentRunner:
               priority: int) -> None:
         assert self._bus is not None
         self._rid, self._expid = rid, expid
+        logging.getLogger().setLevel(expid.get("log_level", logging.WARNING))
         self._start_time = time.time()
         file_name = os.path.basename(expid["file"]) if "file" in expid else "<none>"
         self._bus.set_source(f"worker({rid},{file_name})")

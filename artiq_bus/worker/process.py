@@ -128,7 +128,7 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
         bus = BusConnection(context, BusAddress(**config["broker"]))
         try:
             await bus.start()
-            handler = BusLogHandler(bus.client, "worker", level=config.get("log_level", 0))
+            handler = BusLogHandler(bus.client, "worker")
             host = ServiceHost(context, bus.address, config["service"],
                                rpc_methods(_StageService(jobs, runner)))
             await host.start()

@@ -85,6 +85,8 @@ class Broker:
                                    for kind in ("control", "notify", "publish")))
         self.registry = Registry(config.max_services, config.max_in_flight)
         self.bad_messages = _BadPeers()
+        #: One-way messages to services or methods that do not exist (dropped).
+        self.undeliverable = 0
         self.ports: dict[str, int] = {}
         self._router: zmq.Socket | None = None
         self._reader: SocketReader | None = None
@@ -247,7 +249,12 @@ class Broker:
         method_name = check_name(_small(rest[1]), "method")
         entry = self.registry.by_name(service_name)
         if entry is None or method_name not in entry.methods:
-            raise ProtocolError(f"one-way message to unknown {service_name}.{method_name}")
+            # Well formed, only too late or misaddressed (a worker that just ended):
+            # one-way messages promise no delivery, so count it and move on.
+            self.undeliverable += 1
+            logger.debug("broker: one-way message to unknown %s.%s dropped",
+                         service_name, method_name)
+            return
         if self._send([entry.identity, VERSION, Command.MESSAGE.value, caller, *rest[1:]]):
             logger.warning("broker: one-way message to %r dropped (queue full or gone)",
                            service_name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ __all__ = ["SchedulerNode", "SCHEDULER_SERVICE"]
 logger = logging.getLogger(__name__)
 
 SCHEDULER_SERVICE = "scheduler"
+_CLASS_NAMES_KEPT = 1000
 
 
 def _class_name(expid: dict[str, Any]) -> str:
@@ -56,6 +58,8 @@ class SchedulerNode:
         self._owners: list[StructOwner] = []
         self._host: ServiceHost | None = None
         self._interactive: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
+        #: Experiment class names of recent runs, for results files written for them.
+        self._class_names: collections.OrderedDict[int, str] = collections.OrderedDict()
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +77,7 @@ class SchedulerNode:
         for owner in self._owners:
             await owner.start()
         self._scheduler = Scheduler(
-            lambda rid: BusWorkerHandle(bus.client, rid),
+            lambda rid: BusWorkerHandle(bus.client, rid, self._remember_class),
             RIDCounter("last_rid.pyon", str(self._results)), schedule,
             log_submissions=self._log_submissions, persist_path=self._persist_path,
             results_writer=self._write_results)
@@ -129,6 +133,13 @@ class SchedulerNode:
         """From a running experiment: returns when resumed (True: terminate)."""
         return await self.scheduler.pause(rid)
 
+    @rpc
+    def watchdog(self, rid: int, wid: int, timeout_s: float | None) -> None:
+        """From a running experiment (one-way): start or stop one of its watchdogs."""
+        handle = self.scheduler.worker_of(rid)
+        if isinstance(handle, BusWorkerHandle):
+            handle.watchdog(wid, timeout_s)
+
     # -- interactive arguments --------------------------------------------------------
 
     @rpc
@@ -168,11 +179,17 @@ class SchedulerNode:
 
     # -- results for runs whose worker could not write them ---------------------------
 
+    def _remember_class(self, rid: int, class_name: str) -> None:
+        self._class_names[rid] = class_name
+        if len(self._class_names) > _CLASS_NAMES_KEPT:
+            self._class_names.popitem(last=False)
+
     async def _write_results(self, rid: int, expid: dict[str, Any], start_time: float,
                              run_time: float, outcome: str) -> None:
         if math.isnan(start_time):
             start_time = time.time()
-        path = results_path(self._results, start_time, rid, _class_name(expid))
+        class_name = self._class_names.pop(rid, None) or _class_name(expid)
+        path = results_path(self._results, start_time, rid, class_name)
         await asyncio.to_thread(
             write_results, path, rid=rid, start_time=start_time,
             run_time=None if math.isnan(run_time) else run_time, expid=expid, datasets={},

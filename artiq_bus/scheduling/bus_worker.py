@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from ..client.aio import AsyncClient
 from ..protocol import BusError, DeadlineExceeded, RemoteError, ServiceDied, Unavailable
-from .errors import WorkerBuildTimeout, WorkerCrashed, WorkerError, WorkerTimeout
+from .errors import (WorkerBuildTimeout, WorkerCrashed, WorkerError, WorkerTimeout,
+                     WorkerWatchdogTimeout)
 from .worker import PauseGate
 
 __all__ = ["BusWorkerHandle", "BUILD_TIMEOUT_S", "CLOSE_STEP_S"]
@@ -35,22 +37,28 @@ _WRITES_RESULTS = frozenset({"run", "analyze"})
 class BusWorkerHandle:
     """One run's worker, reached through the broker."""
 
-    def __init__(self, client: AsyncClient, rid: int):
+    def __init__(self, client: AsyncClient, rid: int,
+                 on_built: Callable[[int, str], None] | None = None):
         self.exit_description: str | None = None
+        self._on_built = on_built
         self._client, self._rid = client, rid
         self._service: str | None = None
         self._pid: int | None = None
         self._gate = PauseGate()
         self._run_stage: asyncio.Future[Any] | None = None
         self._closed = False
+        self._watchdogs: dict[int, asyncio.TimerHandle] = {}
+        self._watchdog_expired = False
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
                     expid: dict[str, Any], priority: int) -> None:
         worker = await self._client.call("workers", "acquire", timeout_s=BUILD_TIMEOUT_S)
         self._service, self._pid = worker["service"], worker["pid"]
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
-        await self._stage("build", rid, pipeline_name, wd, expid, priority,
-                          timeout_s=BUILD_TIMEOUT_S)
+        class_name = await self._stage("build", rid, pipeline_name, wd, expid, priority,
+                                       timeout_s=BUILD_TIMEOUT_S)
+        if self._on_built is not None:
+            self._on_built(rid, class_name)
 
     async def prepare(self) -> None:
         await self._stage("prepare")
@@ -70,15 +78,34 @@ class BusWorkerHandle:
     async def request_pause(self) -> bool:
         return await self._gate.request()
 
+    def watchdog(self, wid: int, timeout_s: float | None) -> None:
+        """Start (``timeout_s``) or stop (None) watchdog ``wid`` of the experiment.  Its
+        timer keeps running across a pause: the deadline is the experiment's."""
+        timer = self._watchdogs.pop(wid, None)
+        if timer is not None:
+            timer.cancel()
+        if timeout_s is not None and not self._closed:
+            self._watchdogs[wid] = asyncio.get_running_loop().call_later(
+                timeout_s, self._watchdog_expires, wid)
+
+    def _watchdog_expires(self, wid: int) -> None:
+        logger.error("scheduler: RID %d: watchdog %d expired, killing its worker",
+                     self._rid, wid)
+        self._watchdog_expired = True
+        if self._pid is not None:
+            self._client.send("workers", "signal", self._pid, int(signal.SIGKILL))
+
     async def close(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
+        for timer in self._watchdogs.values():
+            timer.cancel()
         self._gate.close()
         if self._run_stage is not None and not self._run_stage.done():
             self._run_stage.cancel()
-        if self._service is None or self._pid is None:
-            return
+        if self._service is None or self._pid is None or self.exit_description is not None:
+            return  # no worker yet, or it is already gone
         try:
             self._client.send(self._service, "terminate")
             for signum in (None, signal.SIGTERM, signal.SIGKILL):
@@ -105,6 +132,8 @@ class BusWorkerHandle:
             raise timeout(f"{method}() took more than {timeout_s:g} s") from None
         except (ServiceDied, Unavailable) as exc:
             self.exit_description = await self._how_it_ended()
+            if self._watchdog_expired:
+                raise WorkerWatchdogTimeout(f"a watchdog expired in {method}()") from None
             raise WorkerCrashed(f"worker died in {method}(): "
                                 f"{self.exit_description or exc}") from None
         except RemoteError as exc:

@@ -262,6 +262,11 @@ class Scheduler:
         """The schedule: RID → entry (copies of the entries)."""
         return {rid: dict(entry) for rid, entry in self._schedule.data.items()}
 
+    def worker_of(self, rid: int) -> WorkerHandle | None:
+        """The worker handle of run ``rid``, if it has one."""
+        run = self._runs.get(rid)
+        return None if run is None else run.worker
+
     async def pause(self, rid: int) -> bool:
         """A running run's ``scheduler.pause()``: returns when the run is resumed, True
         if termination was requested (the worker then raises TerminationRequested)."""

@@ -4,14 +4,17 @@ prepare fails)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import types
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..language.core import set_watchdog_factory
 from .arguments import ProcessArgumentManager
 from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
 from .compat import install_artiq_compat
@@ -41,10 +44,25 @@ class ExperimentRunner:
         self._expid: dict[str, Any] = {}
         self._start_time = 0.0
         self._run_time: float | None = None
+        self._watchdogs = 0
         install_artiq_compat()
 
     def attach(self, bus: WorkerBus) -> None:
         self._bus = bus
+        set_watchdog_factory(self._watchdog)
+
+    @contextlib.contextmanager
+    def _watchdog(self, timeout_s: float) -> Iterator[None]:
+        """``with watchdog(t):`` — the scheduler kills this worker if the block takes
+        longer (it is enforced outside: a hung process cannot enforce its own)."""
+        assert self._bus is not None
+        self._watchdogs += 1
+        wid = self._watchdogs
+        self._bus.send("scheduler", "watchdog", self._rid, wid, float(timeout_s))
+        try:
+            yield
+        finally:
+            self._bus.send("scheduler", "watchdog", self._rid, wid, None)
 
     def forward_output(self, stream: str, line: str) -> None:
         """A line the experiment printed: a log record (``print`` at INFO, stderr at
@@ -57,7 +75,8 @@ class ExperimentRunner:
     # -- stages -----------------------------------------------------------------------
 
     def build(self, rid: int, pipeline_name: str, wd: str | None, expid: dict[str, Any],
-              priority: int) -> None:
+              priority: int) -> str:
+        """Import and build the experiment; its class name (for the results file)."""
         assert self._bus is not None
         self._rid, self._expid = rid, expid
         logging.getLogger().setLevel(expid.get("log_level", logging.WARNING))
@@ -79,6 +98,7 @@ class ExperimentRunner:
         arguments = ProcessArgumentManager(expid.get("arguments", {}), self._interactive)
         self._experiment = cls((self._devices, self._datasets, arguments, {}))
         arguments.check_unprocessed_arguments()
+        return str(cls.__name__)
 
     def prepare(self) -> None:
         self._experiment.prepare()

@@ -20,6 +20,7 @@ import os
 import queue
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,8 @@ from ..runtime.service import ServiceHost, rpc, rpc_methods
 __all__ = ["main", "WorkerBus"]
 
 logger = logging.getLogger(__name__)
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: A stage job for the main thread: its name, what to call, where the result goes.
 Job = tuple[str, Callable[[], Any], "asyncio.Future[Any]"]
@@ -76,8 +79,8 @@ class _StageService:
 
     @rpc
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
-                    expid: dict[str, Any], priority: int) -> None:
-        await self._in_main_thread(
+                    expid: dict[str, Any], priority: int) -> str:
+        return await self._in_main_thread(
             "build", lambda: self._runner.build(rid, pipeline_name, wd, expid, priority))
 
     @rpc
@@ -171,7 +174,7 @@ def main(config: dict[str, Any]) -> int:
             result = function()
         except BaseException as exc:
             # The experiment's own traceback, for its author, under its run's source.
-            logger.error("%s() failed", name, exc_info=True)
+            logger.error("%s() failed:\n%s", name, user_traceback(exc))
             worker_bus.loop.call_soon_threadsafe(_settle, future, exc, None)
         else:
             worker_bus.loop.call_soon_threadsafe(_settle, future, None, result)
@@ -179,6 +182,14 @@ def main(config: dict[str, Any]) -> int:
     stopped.set()
     bus_thread.join(5.0)
     return 0
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback from the first frame outside artiq_bus: the experiment's own."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
 def _settle(future: "asyncio.Future[Any]", error: BaseException | None, result: Any) -> None:

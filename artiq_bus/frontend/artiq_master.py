@@ -19,7 +19,7 @@ import zmq
 
 from ..broker.broker import Broker, BrokerConfig
 from ..client.aio import AsyncClient
-from ..net import BusAddress, CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
+from ..net import BusAddress, CurveClient, CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
 from ..net.addresses import DEFAULT_CONTROL_PORT, DEFAULT_NOTIFY_PORT, DEFAULT_PUBLISH_PORT
 from ..net.errors import NetError
 from ..nodes.devices import DevicesNode
@@ -141,7 +141,8 @@ class Master:
         self.nodes: list[BusNode] = [
             LogNode.from_args(args), ManagementNode(args.name, self.terminate),
             DevicesNode.from_args(args),
-            WorkerPool(local, args.worker_spares, log_level(args)),
+            WorkerPool(local, args.worker_spares, log_level(args),
+                       CurveClient.for_worker(config.curve) if config.curve else None),
             SchedulerNode.from_args(args)]
 
     async def run(self) -> None:

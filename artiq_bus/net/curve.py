@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from .errors import KeyFileError
 
@@ -35,11 +37,23 @@ def generate_key_pair(directory: str | Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
+def _is_key(key: bytes) -> bool:
+    """Whether ``key`` is a CurveZMQ key as certificate files hold it: 40 Z85 characters."""
+    try:
+        return len(key) == 40 and len(z85.decode(key)) == 32
+    except (KeyError, ValueError, struct.error):  # KeyError: not a Z85 character
+        return False
+
+
 def _load(path: str | Path) -> tuple[bytes, bytes | None]:
     try:
-        return zmq.auth.load_certificate(str(path))
+        public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+    if not _is_key(public) or (secret is not None and not _is_key(secret)):
+        raise KeyFileError(f"key file {path} is malformed: a CurveZMQ key is 40 Z85 "
+                           "characters (make key files with artiq_keygen)")
+    return public, secret
 
 
 def load_public_key(path: str | Path) -> bytes:
@@ -62,6 +76,7 @@ class CurveServer:
     secret: bytes
     allowed_dir: Path
     _auth: ThreadAuthenticator | None = None
+    _extra: set[bytes] = dataclasses.field(default_factory=set)
 
     @classmethod
     def load(cls, secret_file: str | Path, allowed_dir: str | Path) -> "CurveServer":
@@ -69,15 +84,24 @@ class CurveServer:
         allowed = Path(allowed_dir)
         if not allowed.is_dir():
             raise KeyFileError(f"allowed client keys directory {allowed} does not exist")
-        if not any(allowed.glob("*.key")):
+        key_files = sorted(allowed.glob("*.key"))
+        if not key_files:
             raise KeyFileError(f"no client public keys (*.key) in {allowed}")
+        for key_file in key_files:  # ZeroMQ's authenticator refuses everyone on a bad one
+            load_public_key(key_file)
         return cls(public, secret, allowed)
+
+    def allow(self, public_key: bytes) -> None:
+        """Also accept this client key (the master's own worker processes); before start."""
+        self._extra.add(public_key)
 
     def start(self, context: zmq.Context) -> None:
         """Start the ZAP handler that checks client keys against the allow-list."""
+        allowed = {load_public_key(path) for path in self.allowed_dir.glob("*.key")}
         self._auth = ThreadAuthenticator(context)
         self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(self.allowed_dir))
+        self._auth.configure_curve_callback(domain="*",
+                                            credentials_provider=_AllowList(allowed | self._extra))
 
     def stop(self) -> None:
         if self._auth is not None:
@@ -88,6 +112,16 @@ class CurveServer:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
+
+
+class _AllowList:
+    """The ZAP handler's question: is this (Z85) client key allowed?"""
+
+    def __init__(self, keys: set[bytes]):
+        self._keys = frozenset(keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self._keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +144,22 @@ class CurveClient:
                                f"client's secret key ({SERVER_KEY_ENV}, {CLIENT_KEY_ENV})")
         public, secret = load_secret_key(client_key)
         return cls(load_public_key(server_key), public, secret)
+
+    @classmethod
+    def for_worker(cls, server: "CurveServer") -> "CurveClient":
+        """A fresh key pair that ``server`` accepts, for the master's own workers."""
+        public, secret = zmq.curve_keypair()
+        server.allow(public)
+        return cls(server.public, public, secret)
+
+    def to_wire(self) -> list[str]:
+        """The three keys as text (Z85), to hand to a child process."""
+        return [key.decode() for key in (self.server_public, self.public, self.secret)]
+
+    @classmethod
+    def from_wire(cls, keys: list[str]) -> "CurveClient":
+        server_public, public, secret = (key.encode() for key in keys)
+        return cls(server_public, public, secret)
 
     def apply(self, sock: zmq.Socket) -> None:
         sock.curve_serverkey = self.server_public

@@ -25,7 +25,7 @@ import sys
 import uuid
 from typing import Any
 
-from ..net import BusAddress
+from ..net import BusAddress, CurveClient
 from ..runtime.bus import BusConnection
 from ..runtime.service import ServiceHost, rpc, rpc_methods
 
@@ -56,8 +56,9 @@ class WorkerPool:
     services = (WORKERS_SERVICE,)
 
     def __init__(self, worker_address: BusAddress, spares: int = 1,
-                 log_level: int = logging.WARNING):
+                 log_level: int = logging.WARNING, curve: CurveClient | None = None):
         self._worker_address = worker_address
+        self._curve = curve
         self._spares_wanted = max(1, spares)
         self._log_level = log_level
         self._zygote: asyncio.subprocess.Process | None = None
@@ -116,6 +117,7 @@ class WorkerPool:
                 "broker": {"control": address.control, "notify": address.notify,
                            "publish": address.publish},
                 "service": f"worker.{uuid.uuid4().hex[:12]}",
+                "curve": self._curve.to_wire() if self._curve is not None else None,
                 "log_level": self._log_level}})
 
     async def _read_zygote(self) -> None:

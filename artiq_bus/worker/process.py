@@ -26,10 +26,10 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress
+from ..net import BusAddress, CurveClient
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import rpc, rpc_methods
 
 __all__ = ["main", "WorkerBus"]
 
@@ -128,12 +128,12 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
              stopped: threading.Event) -> None:
     async def serve() -> None:
         context = zmq.Context()
-        bus = BusConnection(context, BusAddress(**config["broker"]))
+        curve = CurveClient.from_wire(config["curve"]) if config.get("curve") else None
+        bus = BusConnection(context, BusAddress(**config["broker"]), curve)
         try:
             await bus.start()
             handler = BusLogHandler(bus.client, "worker")
-            host = ServiceHost(context, bus.address, config["service"],
-                               rpc_methods(_StageService(jobs, runner)))
+            host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)))
             await host.start()
             await asyncio.wait_for(host.registered.wait(), 10.0)
             bus.client.send("workers", "ready", config["service"], os.getpid())

@@ -157,7 +157,7 @@ class Master:
                 broker = Broker(context, self.config)
                 await broker.start()
                 stack.push_async_callback(broker.stop)
-                bus = BusConnection(context, broker.inproc)
+                bus = BusConnection(context, broker.inproc, local=broker)
                 await bus.start()
                 stack.push_async_callback(bus.stop)
                 for node in self.nodes:

@@ -15,7 +15,7 @@ import zmq
 
 from ..client.aio import AsyncClient
 from ..net import BusAddress, CurveClient
-from .service import ServiceHost
+from .service import LocalBroker, ServiceHost
 from .structs import Publisher
 
 __all__ = ["BusConnection", "BusNode"]
@@ -28,6 +28,8 @@ class BusConnection:
     context: zmq.Context
     address: BusAddress
     curve: CurveClient | None = None
+    #: The broker, when it runs in this process: services then skip the socket.
+    local: LocalBroker | None = None
     client: AsyncClient = dataclasses.field(init=False)
     publisher: Publisher = dataclasses.field(init=False)
 
@@ -42,7 +44,8 @@ class BusConnection:
 
     def service(self, name: str, methods: dict[str, Callable[..., Any]]) -> ServiceHost:
         """A (not yet started) service host on this connection."""
-        return ServiceHost(self.context, self.address, name, methods, curve=self.curve)
+        return ServiceHost(self.context, self.address, name, methods, curve=self.curve,
+                           local=self.local)
 
 
 class BusNode(Protocol):

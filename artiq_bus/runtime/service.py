@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import zmq
 
@@ -22,7 +22,7 @@ from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
 from ..protocol import (VERSION, Command, EncodeError, NoSuchMethod, ProtocolError, Status,
                         check_name, error_to_wire, pack, split_command, unpack)
 
-__all__ = ["rpc", "ServiceHost", "rpc_methods"]
+__all__ = ["rpc", "ServiceHost", "rpc_methods", "LocalBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,20 @@ def _ping() -> bool:
     return True
 
 
+def _as_bytes(frame: Any) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+class LocalBroker(Protocol):
+    """A broker in this process (see ``Broker.attach_local``)."""
+
+    def attach_local(self, deliver: Callable[[list[Any]], None]) -> bytes: ...
+
+    def detach_local(self, identity: bytes) -> None: ...
+
+    def receive_local(self, identity: bytes, frames: Sequence[Any]) -> None: ...
+
+
 def _decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
     arguments = unpack(body, buffers)
     if (not isinstance(arguments, list) or len(arguments) != 2
@@ -68,7 +82,8 @@ class ServiceHost:
 
     def __init__(self, context: zmq.Context, address: BusAddress, name: str,
                  methods: dict[str, Callable[..., Any]], *, curve: CurveClient | None = None,
-                 heartbeat_interval_s: float = 0.5, liveness: int = 4):
+                 heartbeat_interval_s: float = 0.5, liveness: int = 4,
+                 local: LocalBroker | None = None):
         check_name(name.encode(), "service")
         self.name = name
         self._methods = {"ping": _ping, **methods}
@@ -80,20 +95,28 @@ class ServiceHost:
         self._reader: SocketReader | None = None
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        #: Done when the broker said BYE on this connection: True if taken over.
+        self._bye: asyncio.Future[bool] | None = None
         self._last_heard = 0.0
         self.bad_messages = 0
+        #: A broker in this process: messages are handed over, no socket, no heartbeat.
+        self._local = local
+        self._local_identity = b""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"service-{self.name}")
 
     async def stop(self) -> None:
-        if self._sock is not None:
+        if self._sock is not None or self._local_identity:
             self._send([VERSION, Command.BYE.value])
         tasks = [t for t in (self._task, *self._handlers) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._disconnect()
+        if self._local is not None and self._local_identity:
+            self._local.detach_local(self._local_identity)
+            self._local_identity = b""
 
     # -- connection -------------------------------------------------------------------
 
@@ -103,7 +126,8 @@ class ServiceHost:
             self._curve.apply(sock)
         sock.connect(self._address.control)
         self._sock = sock
-        self._reader = SocketReader(sock)
+        self._bye = asyncio.get_running_loop().create_future()
+        self._reader = SocketReader(sock, on_message=self._on_message)
         self._register()
 
     def _disconnect(self) -> None:
@@ -121,21 +145,41 @@ class ServiceHost:
         self._last_heard = time.monotonic()
 
     def _send(self, frames: Sequence[Any]) -> None:
+        if self._local_identity:
+            assert self._local is not None
+            self._local.receive_local(self._local_identity, frames)
+            return
         try:
             send_frames(self._sock, frames)  # type: ignore[arg-type]
         except zmq.Again:
             logger.warning("service %s: broker queue full, message dropped", self.name)
 
     async def _run(self) -> None:
+        if self._local is not None:
+            await self._serve_locally(self._local)
+            return
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
                 self._connect()
-                await self._serve_until_broker_lost()
+                if await self._serve_until_broker_lost():
+                    logger.warning("service %s: another peer took this service over; "
+                                   "no longer serving it", self.name)
+                    self._disconnect()
+                    return
                 logger.warning("service %s: broker lost, connecting again", self.name)
                 self._disconnect()
         finally:
             heartbeat.cancel()
+
+    async def _serve_locally(self, broker: LocalBroker) -> None:
+        """Registered with the broker of this process until stopped or taken over."""
+        self._bye = asyncio.get_running_loop().create_future()
+        self._local_identity = broker.attach_local(self._on_message)
+        self._register()
+        if await self._bye:
+            logger.warning("service %s: another peer took this service over; "
+                           "no longer serving it", self.name)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -145,38 +189,42 @@ class ServiceHost:
                 assert self._reader is not None
                 self._reader.after_send()
 
-    async def _serve_until_broker_lost(self) -> None:
-        assert self._reader is not None
-        loop = asyncio.get_running_loop()
+    async def _serve_until_broker_lost(self) -> bool:
+        """Serve until the broker is lost (False) or another peer took over (True).
+
+        Messages are served by :meth:`_on_message`, called by the reader as they come;
+        this only wakes when the broker says BYE or has been silent too long.
+        """
+        assert self._bye is not None
+        bye = self._bye
         silence_s = self._liveness * self._heartbeat_interval_s
+        while not bye.done():
+            remaining = self._last_heard + silence_s - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.wait([bye], timeout=remaining)
+        return bye.result()
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        if self._bye is None or self._bye.done():
+            return  # this connection is being dropped
+        self._last_heard = time.monotonic()
         try:
-            # One deadline moved on by every batch: cheaper than wait_for, which wraps
-            # every wait in a task of its own.
-            async with asyncio.timeout(silence_s) as silence:
-                while True:
-                    batch = await self._reader.recv_batch()
-                    self._last_heard = time.monotonic()
-                    silence.reschedule(loop.time() + silence_s)
-                    for frames in batch:
-                        try:
-                            if self._handle(frames) is Command.BYE:
-                                return
-                        except ProtocolError as exc:
-                            self.bad_messages += 1
-                            logger.warning("service %s: dropping malformed message: %s",
-                                           self.name, exc)
-        except TimeoutError:
-            return
+            if self._handle(frames) is Command.BYE:
+                self._bye.set_result(len(frames) > 2)  # BYE SERVICE: taken over
+        except ProtocolError as exc:
+            self.bad_messages += 1
+            logger.warning("service %s: dropping malformed message: %s", self.name, exc)
 
     # -- dispatch ---------------------------------------------------------------------
 
     def _handle(self, frames: list[zmq.Frame]) -> Command:
         command, rest = split_command(frames)
         if command is Command.REQUEST and len(rest) >= 5:
-            caller, request_id, method = rest[0].bytes, rest[1].bytes, rest[2].bytes
+            caller, request_id, method = (_as_bytes(frame) for frame in rest[:3])
             self._dispatch(method, rest[4], rest[5:], (caller, request_id))
         elif command is Command.MESSAGE and len(rest) >= 3:
-            self._dispatch(rest[1].bytes, rest[2], rest[3:], None)
+            self._dispatch(_as_bytes(rest[1]), rest[2], rest[3:], None)
         elif command is Command.ACK:
             self.registered.set()
             logger.debug("service %s: registered", self.name)
@@ -231,5 +279,5 @@ class ServiceHost:
         if error is not None:
             status = Status.ERROR
             body, frames = pack(error_to_wire(error))
-        if self._sock is not None:
+        if self._sock is not None or self._local_identity:
             self._send([VERSION, Command.REPLY.value, *reply_to, status.value, body, *frames])

@@ -53,7 +53,9 @@ class PublicationProxy:
         self._thread = threading.Thread(target=self._run, args=(control_server,),
                                         name="artiq_bus-pubsub-proxy", daemon=True)
         self._thread.start()
-        self._prober = configure(self._context.socket(zmq.XPUB))
+        # No high-water mark towards the prober: at one, the XSUB would drop the probes of
+        # a burst of subscriptions (of many subscribers, or of one flooding us).
+        self._prober = configure(self._context.socket(zmq.XPUB), rcvhwm=0)
         self._prober.connect(xsub_inproc)
         self._task = asyncio.create_task(self._answer_probes(self._prober))
 

@@ -49,9 +49,8 @@ class AsyncClient:
             self._curve.apply(sock)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.address.control)
-        self._sock, self._reader = sock, SocketReader(sock)
-        self._tasks = [asyncio.create_task(self._receive(), name="client-receive"),
-                       asyncio.create_task(self._watch(monitor), name="client-monitor")]
+        self._sock, self._reader = sock, SocketReader(sock, on_message=self._receive)
+        self._tasks = [asyncio.create_task(self._watch(monitor), name="client-monitor")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -83,17 +82,26 @@ class AsyncClient:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         request_id = next(self._ids).to_bytes(8, "big")
         body, buffers = pack([list(args), kwargs])
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending[request_id] = future
+        # A timer on the future itself: wait_for would wrap every call in another
+        # future and two more callbacks.
+        timer = loop.call_later(timeout_s, self._expire, future, service, method, timeout_s)
         try:
             self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
                         method.encode(), encode_timeout(timeout_s), body, *buffers])
-            return await asyncio.wait_for(future, timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"{service}.{method}: no reply within {timeout_s:g} s "
-                                   f"from {self.address.control}") from None
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
+
+    def _expire(self, future: asyncio.Future[Any], service: str, method: str,
+                timeout_s: float) -> None:
+        if not future.done():
+            future.set_exception(DeadlineExceeded(
+                f"{service}.{method}: no reply within {timeout_s:g} s "
+                f"from {self.address.control}"))
 
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way message: no reply, no error report (for high-rate traffic)."""
@@ -116,14 +124,12 @@ class AsyncClient:
 
     # -- receiving --------------------------------------------------------------------
 
-    async def _receive(self) -> None:
-        assert self._reader is not None
-        while True:
-            for frames in await self._reader.recv_batch():
-                try:
-                    self._on_reply(frames)
-                except ProtocolError as exc:
-                    logger.warning("client: dropping malformed reply from broker: %s", exc)
+    def _receive(self, frames: list[zmq.Frame]) -> None:
+        """Called by the reader for each message from the broker."""
+        try:
+            self._on_reply(frames)
+        except ProtocolError as exc:
+            logger.warning("client: dropping malformed reply from broker: %s", exc)
 
     def _on_reply(self, frames: list[zmq.Frame]) -> None:
         command, rest = split_command(frames)

@@ -51,6 +51,8 @@ class Replica:
         self._control = control_topic(struct)
         self._epoch: int | None = None
         self._version = 0
+        #: The struct sequence number of the last snapshot: messages up to it are in it.
+        self._snapshot_seq = 0
         self._buffer: list[list[zmq.Frame]] | None = []
         self._resync_task: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
@@ -125,17 +127,14 @@ class Replica:
         """Take the snapshot and the updates buffered since; False if one was lost."""
         self._epoch = snapshot["epoch"]
         self._version = snapshot["version"]
-        seq = snapshot["seq"]
+        self._snapshot_seq = snapshot["seq"]
         self.value = snapshot["struct"]
         buffered, self._buffer = self._buffer or [], None
         self.resyncs += 1
         self._notify(updates.init(self.value))
         self.synced.set()
         for frames in buffered:
-            epoch, first, prevs, items = _decode(frames)
-            if epoch == self._epoch and first + len(items) - 1 <= seq:
-                continue  # already in the snapshot
-            if not self._apply(epoch, first, prevs, items):
+            if not self._apply(*_decode(frames)):
                 self.synced.clear()
                 self._buffer = []
                 return False
@@ -154,6 +153,10 @@ class Replica:
             self.resync()
 
     def _apply(self, epoch: int, first: int, prevs: list[int], items: list[Any]) -> bool:
+        if epoch == self._epoch and first + len(items) - 1 <= self._snapshot_seq:
+            # Already in the snapshot: published before it, but still on its way (the
+            # snapshot's reply can overtake publications queued for this subscriber).
+            return True
         if epoch != self._epoch or self._level >= len(prevs) or prevs[self._level] != self._version:
             logger.info("replica %s: update lost (have version %d, update follows %s), "
                         "resynchronising", self.struct, self._version,
@@ -184,20 +187,24 @@ class Replica:
         if epoch != self._epoch or (self._level == 0 and seq > self._version):
             self.resync()
         elif self._level > 0 and seq > self._version:
-            task = asyncio.create_task(self._check_version(seq))
+            task = asyncio.create_task(self._check_version(seq, self._version))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
 
-    async def _check_version(self, control_seq: int) -> None:
-        """Ask the owner whether an update of our level was lost at the tail."""
+    async def _check_version(self, control_seq: int, version: int) -> None:
+        """Ask the owner whether an update of our level was lost at the tail (we had
+        ``version`` when its heartbeat said ``control_seq``)."""
         try:
             remote = await self._client.call(self.service, "version", self.struct,
                                              self.key_filter, timeout_s=2.0)
         except BusError:
             return
         # Updates up to control_seq were published before the heartbeat, so they have
-        # arrived unless lost; a newer remote version may simply still be on its way.
-        if remote <= control_seq and remote != self._version and self._buffer is None:
+        # arrived unless lost; a newer remote version may simply still be on its way.  An
+        # update of our level made after the owner answered may have overtaken the answer
+        # (and a deleted key's version goes back to 0): compare only if none arrived.
+        if (remote <= control_seq and remote != version and self._version == version
+                and self._buffer is None):
             self.resync()
 
     def _notify(self, update: dict[str, Any]) -> None:

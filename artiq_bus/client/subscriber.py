@@ -39,6 +39,7 @@ class Subscriber:
         self._hwm = hwm
         self._handlers: dict[bytes, list[Handler]] = {}
         self._sock: zmq.Socket | None = None
+        self._reader: SocketReader | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.on_reconnect: list[Callable[[], None]] = []
         self.connected = asyncio.Event()
@@ -52,13 +53,16 @@ class Subscriber:
         for prefix in self._handlers:
             sock.subscribe(prefix)
         self._sock = sock
-        self._tasks = [asyncio.create_task(self._receive(sock), name="subscriber-receive"),
-                       asyncio.create_task(self._watch(monitor), name="subscriber-monitor")]
+        self._reader = SocketReader(sock, on_message=self._dispatch)
+        self._tasks = [asyncio.create_task(self._watch(monitor), name="subscriber-monitor")]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._sock is not None:
             self._sock.disable_monitor()
             self._sock.close()
@@ -92,15 +96,6 @@ class Subscriber:
             await asyncio.wait_for(arrived, timeout_s)
         finally:
             self.unsubscribe(topic, on_sync)
-
-    async def _receive(self, sock: zmq.Socket) -> None:
-        reader = SocketReader(sock)
-        try:
-            while True:
-                for frames in await reader.recv_batch():
-                    self._dispatch(frames)
-        finally:
-            reader.close()
 
     def _dispatch(self, frames: list[zmq.Frame]) -> None:
         topic = frames[0].bytes

@@ -18,6 +18,8 @@ from .aio import DEFAULT_TIMEOUT_S
 
 __all__ = ["Client"]
 
+_MAX_TIMEOUT_MS = 2**31 - 1
+
 
 class Client:
     """Calls services through the broker, blocking until the reply or the deadline."""
@@ -53,10 +55,15 @@ class Client:
                     block=True)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not self._sock.poll(remaining_ms):
+            try:
+                if remaining_ms <= 0:
+                    raise zmq.Again()
+                # A receive timeout rather than poll(): Socket.poll builds a Poller per call.
+                self._sock.setsockopt(zmq.RCVTIMEO, min(remaining_ms, _MAX_TIMEOUT_MS))
+                frames = recv_frames(self._sock, block=True)
+            except zmq.Again:
                 raise DeadlineExceeded(f"{service}.{method}: no reply within {timeout_s:g} s "
-                                       f"from {self.address.control}")
-            frames = recv_frames(self._sock, block=True)
+                                       f"from {self.address.control}") from None
             command, rest = split_command(frames)
             if command is not Command.REPLY or len(rest) < 3:
                 raise ProtocolError(f"unexpected {command.name} from the broker")

@@ -170,7 +170,10 @@ class Master:
                                    "anyone who can reach it can control this master",
                                    ", ".join(self.args.bind))
                 await _wait_ready(bus.client, [s for n in self.nodes for s in n.services])
-                print(READY_LINE, flush=True)
+                # One write: unbuffered (PYTHONUNBUFFERED), print() writes the newline
+                # apart, and a log line on stderr could land in between.
+                sys.stdout.write(READY_LINE + "\n")
+                sys.stdout.flush()
                 await self.terminate.wait()
                 logger.info("master: stopping")
         finally:

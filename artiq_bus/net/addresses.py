@@ -97,6 +97,13 @@ def is_loopback(host: str) -> bool:
         ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
+#: Wildcard hosts and the loopback addresses they already cover: binding both on one
+#: port fails (EADDRINUSE).  ZeroMQ's IPv6 sockets are dual-stack, so ``*`` and ``::``
+#: cover IPv4 as well.
+_WILDCARD_COVERS: dict[str, tuple[str, ...]] = {
+    "*": LOOPBACK_HOSTS, "::": LOOPBACK_HOSTS, "0.0.0.0": ("127.0.0.1",)}
+
+
 def resolve_bind_hosts(extra: list[str], localhost: bool = True) -> list[str]:
     """The hosts to bind: loopback (unless told not to) plus ``--bind`` hosts."""
     hosts = list(LOOPBACK_HOSTS) if localhost else []
@@ -106,4 +113,5 @@ def resolve_bind_hosts(extra: list[str], localhost: bool = True) -> list[str]:
             hosts.append(host)
     if not hosts:
         raise AddressError("nothing to bind: give --bind HOST or drop --no-localhost-bind")
-    return hosts
+    covered = {loopback for host in hosts for loopback in _WILDCARD_COVERS.get(host, ())}
+    return [host for host in hosts if host not in covered]

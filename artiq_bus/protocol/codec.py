@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import EncodeError, ProtocolError
 
-__all__ = ["pack", "unpack", "ExtCode", "OUT_OF_BAND_MIN_BYTES"]
+__all__ = ["pack", "pack_into", "unpack", "ExtCode", "OUT_OF_BAND_MIN_BYTES"]
 
 
 class ExtCode:
@@ -116,6 +116,15 @@ def _packb(buffers: list[Any], obj: Any) -> bytes:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode value: {exc}") from None
+
+
+def pack_into(buffers: list[Any], obj: Any) -> bytes:
+    """Encode ``obj`` as a body whose out-of-band frames are appended to ``buffers``.
+
+    Frame numbers in the body count from the start of ``buffers``, so several bodies
+    packed into one list can travel in one message behind their common frames.
+    """
+    return _packb(buffers, obj)
 
 
 def pack(obj: Any) -> tuple[bytes, list[Any]]:

@@ -28,6 +28,8 @@ Broker → service::
     MSG  caller method body *buffers
     HB
     BYE                                                     (unknown peer: register again)
+    BYE  service                                            (another peer took the service
+                                                             over: do not register again)
 
 ``timeout_ms`` is 4 bytes, unsigned big-endian: how long the caller waits.
 ``status`` is one byte: ``0`` the body is the result, ``1`` the body is an error

@@ -20,8 +20,7 @@ import zmq
 
 from ..net import CurveClient, configure, send_frames
 from ..protocol import (VERSION, apply_update, control_topic, filter_level, levels,
-                        msgpack_array_header, pack, struct_topic, top_key, updates)
-from ..protocol.codec import _packb
+                        msgpack_array_header, pack, pack_into, struct_topic, top_key, updates)
 
 __all__ = ["Publisher", "StructOwner", "struct_methods"]
 
@@ -91,20 +90,17 @@ class StructOwner:
 
         Ownership of the values passes to the struct.
         """
-        key = top_key(update)
-        self._levels_of(key)  # validates the key before anything changes
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = _Pending()
-        body = _packb(pending.buffers, update)
+        pending = self._pending_for(top_key(update))
+        body = pack_into(pending.buffers, update)
         self.data = apply_update(self.data, update)
-        pending.bodies.append(body)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        self._queue(pending, body)
 
     def setitem(self, key: Any, value: Any) -> None:
-        self.update(updates.setitem([], key, value))
+        # The commonest update, and at the root one dict store: no need to walk a path.
+        pending = self._pending_for(key)
+        body = pack_into(pending.buffers, updates.setitem([], key, value))
+        self.data[key] = value
+        self._queue(pending, body)
 
     def delitem(self, key: Any) -> None:
         self.update(updates.delitem([], key))
@@ -116,6 +112,21 @@ class StructOwner:
         for key, value in new.items():
             if key not in self.data or not _equal(self.data[key], value):
                 self.setitem(key, value)
+
+    def _pending_for(self, key: Any) -> _Pending:
+        """The updates of ``key`` waiting for the next publication (validates the key
+        before anything changes)."""
+        pending = self._pending.get(key)
+        if pending is None:
+            self._levels_of(key)
+            pending = self._pending[key] = _Pending()
+        return pending
+
+    def _queue(self, pending: _Pending, body: bytes) -> None:
+        pending.bodies.append(body)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def _levels_of(self, key: Any) -> tuple[list[Any], bytes]:
         cached = self._levels.get(key)

@@ -87,12 +87,15 @@ class SchedulerNode:
         await self._host.start()
 
     async def stop(self) -> None:
+        # The scheduler first: the experiments it is closing still call the service
+        # (check_pause, check_termination) until their workers are gone, and must not
+        # fail for want of it (an error would overwrite the "interrupted" results file).
+        if self._scheduler is not None:
+            await self._scheduler.stop()
         if self._host is not None:
             await self._host.stop()
         for future in self._interactive.values():
             future.cancel()
-        if self._scheduler is not None:
-            await self._scheduler.stop()
         for owner in self._owners:
             await owner.stop()
 

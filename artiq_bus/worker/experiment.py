@@ -110,7 +110,7 @@ class ExperimentRunner:
             assert self._devices is not None
             self._devices.notify_run_end()
         except BaseException as exc:
-            self.write_results(f"error: {type(exc).__name__}: {exc}")
+            self.write_results(f"error: {_describe(exc)}")
             raise
 
     def analyze(self) -> None:
@@ -118,7 +118,7 @@ class ExperimentRunner:
         try:
             self._experiment.analyze()
         except BaseException as exc:
-            outcome = f"error in analyze: {type(exc).__name__}: {exc}"
+            outcome = f"error in analyze: {_describe(exc)}"
             raise
         finally:
             self.write_results(outcome)
@@ -157,3 +157,10 @@ class ExperimentRunner:
                       metadata=self._datasets.metadata, version=__version__,
                       outcome=outcome)
         logger.debug("worker(%d): results written to %s", self._rid, path)
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"``, or ``"Type"`` for an exception without a message (such as
+    TerminationRequested)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -23,6 +23,7 @@ they have no portable byte layout (and HDF5 cannot hold them either).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,14 +109,44 @@ def _default(buffers: list[Any], obj: Any) -> Any:
     raise EncodeError(f"cannot send a value of type {type(obj).__qualname__}")
 
 
+class _PackState(threading.local):
+    """Each thread's packers, one per nesting depth (an extension's payload is packed
+    while its container is being packed, so one packer cannot serve both), and the
+    out-of-band buffers of the body being packed.  Packers are reused: making one per
+    call costs more than packing a small update."""
+
+    def __init__(self) -> None:
+        self.packers: list[msgpack.Packer] = []
+        self.depth = 0
+        self.buffers: list[Any] = []
+
+
+_state = _PackState()
+
+
+def _default_here(obj: Any) -> Any:
+    return _default(_state.buffers, obj)
+
+
 def _packb(buffers: list[Any], obj: Any) -> bytes:
+    state = _state
+    depth = state.depth
+    if depth == 0:
+        state.buffers = buffers
+    while len(state.packers) <= depth:
+        state.packers.append(msgpack.Packer(default=_default_here, strict_types=True,
+                                            use_bin_type=True))
+    state.depth = depth + 1
     try:
-        return msgpack.packb(obj, default=functools.partial(_default, buffers),
-                             strict_types=True, use_bin_type=True)
+        return state.packers[depth].pack(obj)
     except EncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode value: {exc}") from None
+    finally:
+        state.depth = depth
+        if depth == 0:
+            state.buffers = []
 
 
 def pack_into(buffers: list[Any], obj: Any) -> bytes:

@@ -42,10 +42,11 @@ class BusConnection:
         await self.client.stop()
         self.publisher.close()
 
-    def service(self, name: str, methods: dict[str, Callable[..., Any]]) -> ServiceHost:
+    def service(self, name: str, methods: dict[str, Callable[..., Any]],
+                reconnect: bool = True) -> ServiceHost:
         """A (not yet started) service host on this connection."""
         return ServiceHost(self.context, self.address, name, methods, curve=self.curve,
-                           local=self.local)
+                           local=self.local, reconnect=reconnect)
 
 
 class BusNode(Protocol):

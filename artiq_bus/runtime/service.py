@@ -83,7 +83,7 @@ class ServiceHost:
     def __init__(self, context: zmq.Context, address: BusAddress, name: str,
                  methods: dict[str, Callable[..., Any]], *, curve: CurveClient | None = None,
                  heartbeat_interval_s: float = 0.5, liveness: int = 4,
-                 local: LocalBroker | None = None):
+                 local: LocalBroker | None = None, reconnect: bool = True):
         check_name(name.encode(), "service")
         self.name = name
         self._methods = {"ping": _ping, **methods}
@@ -101,6 +101,11 @@ class ServiceHost:
         self.bad_messages = 0
         #: A broker in this process: messages are handed over, no socket, no heartbeat.
         self._local = local
+        #: Connect again when the broker is lost (False: a worker, whose master is gone).
+        self._reconnect = reconnect
+        #: Set when the host stopped serving for good: taken over, or broker lost
+        #: without ``reconnect``.
+        self.ended = asyncio.Event()
         self._local_identity = b""
 
     async def start(self) -> None:
@@ -165,12 +170,16 @@ class ServiceHost:
                 if await self._serve_until_broker_lost():
                     logger.warning("service %s: another peer took this service over; "
                                    "no longer serving it", self.name)
-                    self._disconnect()
-                    return
+                    break
+                if not self._reconnect:
+                    logger.warning("service %s: broker lost", self.name)
+                    break
                 logger.warning("service %s: broker lost, connecting again", self.name)
                 self._disconnect()
         finally:
             heartbeat.cancel()
+        self._disconnect()
+        self.ended.set()
 
     async def _serve_locally(self, broker: LocalBroker) -> None:
         """Registered with the broker of this process until stopped or taken over."""

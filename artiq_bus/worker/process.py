@@ -133,12 +133,18 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
         try:
             await bus.start()
             handler = BusLogHandler(bus.client, "worker")
-            host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)))
+            host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)),
+                               reconnect=False)
             await host.start()
             await asyncio.wait_for(host.registered.wait(), 10.0)
             bus.client.send("workers", "ready", config["service"], os.getpid())
             ready.set_result(WorkerBus(asyncio.get_running_loop(), bus, handler))
-            await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+            stop = asyncio.ensure_future(
+                asyncio.get_running_loop().run_in_executor(None, stopped.wait))
+            ended = asyncio.ensure_future(host.ended.wait())
+            await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if ended.done():  # the master is gone: nobody will use this worker again
+                os._exit(1)
             handler.flush()
             await host.stop()
         except BaseException as exc:

@@ -140,8 +140,15 @@ class Zygote:
 
 
 def _kill(pid: int, signum: int) -> None:
+    """Signal a worker and anything it started; a worker forked a moment ago may not
+    lead its process group yet, so it is then signalled alone."""
     try:
-        os.killpg(pid, signum)  # the worker and anything it started
+        os.killpg(pid, signum)
+        return
+    except ProcessLookupError:
+        pass
+    try:
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
 

@@ -20,12 +20,15 @@ from .errors import (WorkerBuildTimeout, WorkerCrashed, WorkerError, WorkerTimeo
                      WorkerWatchdogTimeout)
 from .worker import PauseGate
 
-__all__ = ["BusWorkerHandle", "BUILD_TIMEOUT_S", "CLOSE_STEP_S"]
+__all__ = ["BusWorkerHandle", "ACQUIRE_TIMEOUT_S", "BUILD_TIMEOUT_S", "CLOSE_STEP_S"]
 
 logger = logging.getLogger(__name__)
 
 #: Importing the experiment and running build().
 BUILD_TIMEOUT_S = 15.0
+#: Getting a ready worker: the first one after the master starts waits for the zygote's
+#: imports, which a loaded machine can stretch to seconds.
+ACQUIRE_TIMEOUT_S = 60.0
 #: Each step of close(): terminate request, SIGTERM, SIGKILL.
 CLOSE_STEP_S = 1.0
 #: Stages without a deadline (run() may take days); bounded for the wire.
@@ -52,7 +55,7 @@ class BusWorkerHandle:
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
                     expid: dict[str, Any], priority: int) -> None:
-        worker = await self._client.call("workers", "acquire", timeout_s=BUILD_TIMEOUT_S)
+        worker = await self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S)
         self._service, self._pid = worker["service"], worker["pid"]
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
         class_name = await self._stage("build", rid, pipeline_name, wd, expid, priority,

@@ -157,5 +157,6 @@ def elapsed_since(start: float) -> float:
 
 
 __all__ = ["EchoNode", "echo_node", "killable_master", "module_master", "ports_of",
-           "start_callers", "start_stalling_replica", "bus_client", "call_until_ok", "elapsed_since", "same", "view",
-           "describe_difference", "ECHO_NODE", "ECHO_CALLER", "STALLING_REPLICA", "HELPERS"]
+           "start_callers", "start_stalling_replica", "bus_client", "call_until_ok",
+           "elapsed_since", "same", "view", "describe_difference", "ECHO_NODE",
+           "ECHO_CALLER", "STALLING_REPLICA", "HELPERS"]

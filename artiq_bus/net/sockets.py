@@ -106,6 +106,7 @@ class SocketReader:
         self._copy = copy
         self._closed = False
         self._check_scheduled = False
+        self._draining = False
         self._waiter: asyncio.Future[None] | None = None
         self._fd = sock.FD
         self._loop = asyncio.get_running_loop()
@@ -128,14 +129,18 @@ class SocketReader:
         """Hand every waiting message to ``on_message`` (at most ``batch`` per turn)."""
         assert self._on_message is not None
         sock, copy, handle = self._sock, self._copy, self._on_message
-        for _ in range(self._batch):
-            if self._closed or not self._readable():
-                return
-            frames = recv_frames(sock, copy=copy)
-            try:
-                handle(frames)
-            except Exception:  # one bad message must not stall the socket
-                logger.exception("reader: message handler failed")
+        self._draining = True
+        try:
+            for _ in range(self._batch):
+                if self._closed or not self._readable():
+                    return
+                frames = recv_frames(sock, copy=copy)
+                try:
+                    handle(frames)
+                except Exception:  # one bad message must not stall the socket
+                    logger.exception("reader: message handler failed")
+        finally:
+            self._draining = False
         self._loop.call_soon(self._drain)  # more may wait: let the loop run others first
 
     async def recv_batch(self, copy: bool = False) -> list[list[Any]]:
@@ -159,7 +164,8 @@ class SocketReader:
         sends came before it (a burst of calls asks EVENTS once, not once a call).
         """
         if self._on_message is not None:
-            if not self._check_scheduled:
+            # Sends made while draining are followed by the drain's own EVENTS check.
+            if not self._check_scheduled and not self._draining:
                 self._check_scheduled = True
                 self._loop.call_soon(self._check_after_send)
         elif self._waiter is not None and self._readable():

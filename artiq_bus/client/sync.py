@@ -34,8 +34,9 @@ class Client:
             curve.apply(self._sock)
         self._sock.connect(address.control)
 
-    def close(self) -> None:
-        self._sock.close()
+    def close(self, linger_s: float = 1.0) -> None:
+        """Close, giving one-way messages still queued up to ``linger_s`` to leave."""
+        self._sock.close(linger=int(linger_s * 1000))
 
     def __enter__(self) -> "Client":
         return self

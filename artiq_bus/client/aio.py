@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
+from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames, watch_connection
 from ..protocol import (VERSION, Command, DeadlineExceeded, Overloaded, ProtocolError, Status,
                         Unavailable, encode_timeout, error_from_wire, pack, split_command,
                         unpack)
@@ -50,7 +50,8 @@ class AsyncClient:
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.address.control)
         self._sock, self._reader = sock, SocketReader(sock, on_message=self._receive)
-        self._tasks = [asyncio.create_task(self._watch(monitor), name="client-monitor")]
+        self._tasks = [asyncio.create_task(watch_connection(monitor, self._on_connection_event),
+                                          name="client-monitor")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -149,32 +150,19 @@ class AsyncClient:
         else:
             future.set_exception(error_from_wire(value))
 
-    async def _watch(self, monitor: zmq.Socket) -> None:
+    def _on_connection_event(self, event: int) -> None:
         """Fail calls in flight as soon as the connection drops."""
-        reader = SocketReader(monitor)
-        try:
-            while True:
-                for frames in await reader.recv_batch(copy=True):
-                    event = recv_monitor_frames(frames)
-                    if event == zmq.EVENT_CONNECTED:
-                        self.connected.set()
-                    elif event == zmq.EVENT_DISCONNECTED:
-                        self.connected.clear()
-                        self._fail_all(Unavailable(
-                            f"connection to the broker at {self.address.control} lost"))
-        finally:
-            reader.close()
-            monitor.close()
+        if event == zmq.EVENT_CONNECTED:
+            self.connected.set()
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.connected.clear()
+            self._fail_all(Unavailable(f"connection to the broker at {self.address.control} "
+                                       "lost"))
 
     def _fail_all(self, exc: Exception) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(exc)
-
-
-def recv_monitor_frames(frames: list[bytes]) -> int:
-    """The event number of a socket-monitor message."""
-    return int.from_bytes(frames[0][:2], "little")
 
 
 class ServiceProxy:

@@ -12,13 +12,11 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
-from ..net import CurveClient, SocketReader, configure
+from ..net import CurveClient, SocketReader, configure, watch_connection
 from ..protocol import sync_topic
-from .aio import recv_monitor_frames
 
 __all__ = ["Subscriber", "Handler"]
 
@@ -52,6 +50,7 @@ class Subscriber:
         self._tasks: list[asyncio.Task[None]] = []
         self.on_reconnect: list[Callable[[], None]] = []
         self.connected = asyncio.Event()
+        self._lost = False
 
     async def start(self) -> None:
         sock = configure(self._context.socket(zmq.SUB), rcvhwm=self._hwm)
@@ -68,7 +67,8 @@ class Subscriber:
             sock.subscribe(prefix)
         self._sock = sock
         self._reader = SocketReader(sock, on_message=self._dispatch)
-        self._tasks = [asyncio.create_task(self._watch(monitor), name="subscriber-monitor")]
+        self._tasks = [asyncio.create_task(watch_connection(monitor, self._on_connection_event),
+                                          name="subscriber-monitor")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -121,22 +121,14 @@ class Subscriber:
                     except Exception:
                         logger.exception("subscriber: handler for %r failed", prefix)
 
-    async def _watch(self, monitor: zmq.Socket) -> None:
-        reader = SocketReader(monitor)
-        lost = False
-        try:
-            while True:
-                for frames in await reader.recv_batch(copy=True):
-                    event = recv_monitor_frames(frames)
-                    if event == zmq.EVENT_CONNECTED:
-                        self.connected.set()
-                        if lost:
-                            logger.info("subscriber: reconnected to %s", self.endpoint)
-                            for callback in list(self.on_reconnect):
-                                callback()
-                    elif event == zmq.EVENT_DISCONNECTED:
-                        self.connected.clear()
-                        lost = True
-        finally:
-            reader.close()
-            monitor.close()
+    def _on_connection_event(self, event: int) -> None:
+        if event == zmq.EVENT_CONNECTED:
+            self.connected.set()
+            if self._lost:
+                self._lost = False
+                logger.info("subscriber: reconnected to %s", self.endpoint)
+                for callback in list(self.on_reconnect):
+                    callback()
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.connected.clear()
+            self._lost = True

@@ -9,7 +9,7 @@ from typing import Any
 
 import zmq
 
-__all__ = ["configure", "SocketReader", "MessageHandler", "send_frames", "recv_frames",
+__all__ = ["configure", "SocketReader", "watch_connection", "MessageHandler", "send_frames", "recv_frames",
            "TCP_HEARTBEAT_IVL_MS", "TCP_HEARTBEAT_TIMEOUT_MS", "MAX_MESSAGE_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -178,3 +178,16 @@ class SocketReader:
     def close(self) -> None:
         self._closed = True
         self._loop.remove_reader(self._fd)
+
+
+async def watch_connection(monitor: zmq.Socket, on_event: Callable[[int], None]) -> None:
+    """Hand each event of a socket monitor (``zmq.EVENT_CONNECTED``, ...) to ``on_event``
+    until cancelled; closes the monitor socket at the end."""
+    reader = SocketReader(monitor)
+    try:
+        while True:
+            for frames in await reader.recv_batch(copy=True):
+                on_event(int.from_bytes(frames[0][:2], "little"))
+    finally:
+        reader.close()
+        monitor.close()

@@ -21,18 +21,14 @@ from ..client.aio import AsyncClient
 from ..client.subscriber import Subscriber
 from ..client.sync import Client
 from ..net import BusAddress
-from ..net.errors import NetError
 from ..protocol import (
-    BusError,
     DeadlineExceeded,
-    ProtocolError,
     RemoteError,
     Unavailable,
     stream_topic,
     unpack,
 )
 from .common import (
-    CommandError,
     ExitCode,
     UsageError,
     add_client_security,
@@ -44,6 +40,7 @@ from .common import (
     fail,
     log_level,
     parse_arguments,
+    reporting_errors,
 )
 
 __all__ = ["main", "build_parser"]
@@ -259,20 +256,11 @@ def _run(action: Callable[[Session], None], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        _run(args.func, args)
-    except KeyboardInterrupt:
-        pass
-    except CommandError as exc:
-        fail(PROGRAM, str(exc), exc.code)
-    except Unavailable as exc:
-        fail(PROGRAM, str(exc), ExitCode.UNAVAILABLE)
-    except NetError as exc:
-        fail(PROGRAM, str(exc), ExitCode.CONFIG)
-    except RemoteError as exc:
-        fail(PROGRAM, f"the master refused: {exc}", ExitCode.ERROR)
-    except (BusError, ProtocolError) as exc:
-        fail(PROGRAM, f"{type(exc).__name__}: {exc}", ExitCode.ERROR)
+    with reporting_errors(PROGRAM):
+        try:
+            _run(args.func, args)
+        except RemoteError as exc:
+            fail(PROGRAM, f"the master refused: {exc}", ExitCode.ERROR)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,21 @@ import zmq
 
 from ..broker.broker import Broker, BrokerConfig
 from ..client.aio import AsyncClient
-from ..net import BusAddress, CurveClient, CurveServer, is_loopback, resolve_bind_hosts, tcp_endpoint
-from ..net.addresses import DEFAULT_CONTROL_PORT, DEFAULT_NOTIFY_PORT, DEFAULT_PUBLISH_PORT
+from ..net import (
+    BusAddress,
+    CurveClient,
+    CurveServer,
+    is_loopback,
+    resolve_bind_hosts,
+    tcp_endpoint,
+)
+from ..net.addresses import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_NOTIFY_PORT,
+    DEFAULT_PUBLISH_PORT,
+)
 from ..net.errors import NetError
 from ..nodes.devices import DevicesNode
-from ..nodes.errors import NodeConfigError
 from ..nodes.log import CONSOLE_FORMAT, LogNode
 from ..nodes.management import ManagementNode
 from ..nodes.scheduler import SchedulerNode
@@ -31,7 +41,14 @@ from ..nodes.workers import WorkerPool
 from ..protocol import BusError
 from ..runtime.bus import BusConnection, BusNode
 from ..runtime.logs import BusLogHandler
-from .common import ExitCode, add_verbosity, add_version, fail, log_level
+from .common import (
+    ExitCode,
+    add_verbosity,
+    add_version,
+    fail,
+    log_level,
+    reporting_errors,
+)
 
 __all__ = ["main", "build_parser", "READY_LINE"]
 
@@ -208,21 +225,14 @@ def init_console_logging(level: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     init_console_logging(log_level(args))
-    try:
-        with tempfile.TemporaryDirectory(prefix="artiq_bus-") as directory:
-            local = _local_endpoints(directory)
-            config = broker_config(args, local)
-            asyncio.run(Master(args, config, local).run())
-    except NetError as exc:
-        fail(PROGRAM, str(exc), ExitCode.CONFIG)
-    except zmq.ZMQError as exc:
-        fail(PROGRAM, f"cannot listen: {exc}", ExitCode.CONFIG)
-    except NodeConfigError as exc:
-        fail(PROGRAM, str(exc), ExitCode.CONFIG)
-    except BusError as exc:
-        fail(PROGRAM, f"services did not start: {exc}", ExitCode.ERROR)
-    except KeyboardInterrupt:
-        pass
+    with reporting_errors(PROGRAM):
+        try:
+            with tempfile.TemporaryDirectory(prefix="artiq_bus-") as directory:
+                local = _local_endpoints(directory)
+                config = broker_config(args, local)
+                asyncio.run(Master(args, config, local).run())
+        except zmq.ZMQError as exc:
+            fail(PROGRAM, f"cannot listen: {exc}", ExitCode.CONFIG)
 
 
 if __name__ == "__main__":

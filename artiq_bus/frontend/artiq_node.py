@@ -19,14 +19,19 @@ import zmq
 
 from ..client.sync import Client
 from ..net import BusAddress
-from ..net.errors import NetError
 from ..nodes.log import LogNode
-from ..protocol import BusError, DeadlineExceeded, Unavailable
+from ..protocol import DeadlineExceeded, Unavailable
 from ..runtime.bus import BusConnection, BusNode
 from ..runtime.logs import BusLogHandler
 from .artiq_master import init_console_logging
-from .common import (ExitCode, add_client_security, add_verbosity, add_version,
-                     curve_client_from_args, fail, log_level)
+from .common import (
+    add_client_security,
+    add_verbosity,
+    add_version,
+    curve_client_from_args,
+    log_level,
+    reporting_errors,
+)
 
 __all__ = ["main", "NODES"]
 
@@ -91,17 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     init_console_logging(log_level(args))
     _, build = NODES[args.node]
-    try:
+    with reporting_errors(PROGRAM):
         address = discover(BusAddress.from_url(args.broker), args)
         asyncio.run(run(build(args), address, args))
-    except NetError as exc:
-        fail(PROGRAM, str(exc), ExitCode.CONFIG)
-    except Unavailable as exc:
-        fail(PROGRAM, str(exc), ExitCode.UNAVAILABLE)
-    except BusError as exc:
-        fail(PROGRAM, f"{type(exc).__name__}: {exc}", ExitCode.ERROR)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -33,14 +33,36 @@ import artiq_bus
 from .. import pyon
 from ..language.core import host_only
 from ..language.errors import DefaultMissing
-from ..language.processors import (ArgProcessor, BooleanValue, EnumerationValue,
-                                   NumberValue, PYONValue, Scannable, StringValue)
-from ..worker import (DatasetManager, DeviceDB, DeviceManager, LocalDatasetBackend,
-                      ProcessArgumentManager, file_import, get_experiment,
-                      install_artiq_compat)
+from ..language.processors import (
+    ArgProcessor,
+    BooleanValue,
+    EnumerationValue,
+    NumberValue,
+    PYONValue,
+    Scannable,
+    StringValue,
+)
+from ..worker import (
+    DatasetManager,
+    DeviceDB,
+    DeviceManager,
+    LocalDatasetBackend,
+    ProcessArgumentManager,
+    file_import,
+    get_experiment,
+    install_artiq_compat,
+)
 from ..worker.interfaces import ArgDesc
 from .common import CommandError as RunError
-from .common import ExitCode, UsageError, add_verbosity, add_version, fail, log_level, parse_arguments
+from .common import (
+    ExitCode,
+    UsageError,
+    add_verbosity,
+    add_version,
+    fail,
+    log_level,
+    parse_arguments,
+)
 
 __all__ = ["main", "build_parser", "DummyScheduler", "DummyCCB", "parse_arguments"]
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__, pyon
 from ..net import CLIENT_KEY_ENV, SERVER_KEY_ENV, BusAddress, CurveClient
 from ..net.addresses import DEFAULT_CONTROL_PORT
+from ..net.errors import NetError
+from ..nodes.errors import NodeConfigError
+from ..protocol import BusError, Unavailable
 
 __all__ = ["CommandError", "UsageError", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "add_client_security",
            "curve_client_from_args", "add_version", "fail", "add_server",
-           "address_from_args"]
+           "address_from_args", "reporting_errors"]
 
 
 class ExitCode(enum.IntEnum):
@@ -99,6 +103,24 @@ def curve_client_from_args(args: argparse.Namespace) -> CurveClient | None:
 
 def address_from_args(args: argparse.Namespace) -> BusAddress:
     return BusAddress.from_host(args.server, args.port)
+
+
+@contextlib.contextmanager
+def reporting_errors(program: str) -> Iterator[None]:
+    """Around a command's work: what a user can cause ends the command with one line and
+    its exit code, never a traceback; Ctrl-C ends it quietly."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    except CommandError as exc:
+        fail(program, str(exc), exc.code)
+    except Unavailable as exc:
+        fail(program, str(exc), ExitCode.UNAVAILABLE)
+    except (NetError, NodeConfigError) as exc:
+        fail(program, str(exc), ExitCode.CONFIG)
+    except BusError as exc:
+        fail(program, f"{type(exc).__name__}: {exc}", ExitCode.ERROR)
 
 
 def fail(program: str, message: str, code: ExitCode) -> NoReturn:

@@ -39,19 +39,22 @@ def _new_temp(target: Path) -> Path:
 
 
 @contextmanager
-def atomic_replace(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_replace(path: str | os.PathLike[str], durable: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; it replaces ``path`` in one step, flushed
-    to disk, when the block succeeds, and is removed when it fails.  Readers see the old
-    file or the new one, never a part."""
+    to disk (unless not ``durable``: a cache that something durable backs), when the
+    block succeeds, and is removed when it fails.  Readers see the old file or the new
+    one, never a part."""
     target = Path(path)
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(target.parent))
     temp = _new_temp(target)
     try:
         yield temp
-        fsync_path(temp)
+        if durable:
+            fsync_path(temp)
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_path(target.resolve().parent, directory=True)
+    if durable:
+        fsync_path(target.resolve().parent, directory=True)

@@ -6,8 +6,9 @@ to a Unix socket of this process; that is how the benchmark waits on the thing i
 
 Latency: one run at a time, ``time.time()`` in ``run()`` minus ``time.time()`` just
 before the blocking ``submit`` call (one machine, one clock); the next submit waits
-for the previous run's ``analyze()``.  Throughput: ``BURST`` runs submitted back to
-back, from the first submit to the last ``analyze()``.
+for the previous run's ``analyze()``.  Throughput: ``BURST`` runs submitted at once
+(all calls in flight, as several clients would), from the first ``run()`` to the last
+``analyze()``: the rate at which a full queue empties.
 
 The raw limit beside them is a bare fork in this process: ``os.fork()`` of a child that
 exits at once, and the parent's ``waitpid`` (a run needs at least one).  The targets
@@ -19,6 +20,7 @@ Run: ``python bench/bench_handover.py``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import statistics
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from _common import Report, percentile, run
 
+from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.sync import Client
 from artiq_bus.net import BusAddress
 
@@ -135,6 +138,18 @@ class Stages:
         self._sock.close()
 
 
+async def submit_all(address: BusAddress, expid: dict[str, object]) -> list[int]:
+    """Submit ``BURST`` runs with every call in flight; their RIDs, in order."""
+    client = AsyncClient(address)
+    await client.start()
+    try:
+        return list(await asyncio.gather(*(
+            client.call("scheduler", "submit", "main", expid, 0, None, False,
+                        timeout_s=TIMEOUT_S) for _ in range(BURST))))
+    finally:
+        await client.stop()
+
+
 def bare_fork_s() -> list[float]:
     """Seconds per fork + child exit + waitpid, in this process."""
     samples = []
@@ -169,10 +184,10 @@ def body(report: Report) -> None:
                 stages.wait_for("analyze", rid)
                 if index >= WARMUP_RUNS:
                     latencies.append(started - submitted)
-            first = time.time()
-            rids = [submit() for _ in range(BURST)]
+            rids = asyncio.run(submit_all(master.address, expid))
+            first = stages.wait_for("run", rids[0])
             last = stages.wait_for("analyze", rids[-1])
-            rate = BURST / (last - first)
+            rate = (BURST - 1) / (last - first)
         finally:
             client.close()
             master.stop()

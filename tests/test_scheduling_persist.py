@@ -108,6 +108,28 @@ def test_crash_with_lost_rid_file_does_not_reuse_rids(tmp_path: Path) -> None:
     run(restart())
 
 
+def test_rid_of_a_deleted_run_is_never_reused_after_a_crash(tmp_path: Path) -> None:
+    """RIDs are durable through the schedule file (``last_rid``), even when the RID
+    file is stale: a submission fsyncs one file, off the event loop."""
+    async def first() -> None:
+        h = Harness(tmp_path)
+        await h.scheduler.start()
+        h.farm.on(0, "build", forever())
+        rid = await h.submit(due_date=FAR)
+        h.scheduler.delete(rid)
+        await h.scheduler.persisted()
+        content = pyon.load_file(tmp_path / "schedule.pyon")
+        assert (content["last_rid"], content["runs"]) == (0, {})
+    run(first())
+    (tmp_path / "last_rid.pyon").write_text("-1\n")  # as if its write never happened
+
+    async def restart() -> None:
+        async with Harness(tmp_path) as h:
+            assert await h.submit() == 1
+    run(restart())
+    assert (tmp_path / "last_rid.pyon").read_text() == "1\n"
+
+
 def test_clean_stop_keeps_queued_runs_and_reports_active_ones(tmp_path: Path) -> None:
     async def first() -> Harness:
         async with Harness(tmp_path) as h:

@@ -21,6 +21,8 @@ def test_first_rid_is_zero_and_file_is_plain_text(tmp_path: Path) -> None:
     counter = RIDCounter(tmp_path / "last_rid.pyon", tmp_path / "results")
     assert (tmp_path / "last_rid.pyon").read_text() == "-1\n"
     assert [counter.get() for _ in range(3)] == [0, 1, 2]
+    assert (tmp_path / "last_rid.pyon").read_text() == "-1\n"  # get() touches no disk
+    counter.store()
     assert (tmp_path / "last_rid.pyon").read_text() == "2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_rid.pyon"]  # no temp files
 
@@ -29,6 +31,7 @@ def test_counter_continues_after_restart(tmp_path: Path) -> None:
     counter = RIDCounter(tmp_path / "last_rid.pyon", tmp_path / "results")
     counter.get()
     counter.get()
+    counter.store()
     again = RIDCounter(tmp_path / "last_rid.pyon", tmp_path / "results")
     assert again.get() == 2
 
@@ -53,8 +56,8 @@ def test_recovery_from_results(tmp_path: Path) -> None:
     touch(results / "2024-01-02" / "03" / "sub" / "000000090-Exp.h5")
     assert last_rid_in_results(results) == 12
     counter = RIDCounter(tmp_path / "last_rid.pyon", results)
+    assert (tmp_path / "last_rid.pyon").read_text() == "12\n"
     assert counter.get() == 13
-    assert (tmp_path / "last_rid.pyon").read_text() == "13\n"
 
 
 def test_unreadable_cache_falls_back_to_results(tmp_path: Path,

@@ -90,7 +90,7 @@ class Scheduler:
         self._results_writer = results_writer
         self._resolve_repository = resolve_repository
         self._release_revision = release_revision
-        self._file = ScheduleFile(persist_path, self._records)
+        self._file = ScheduleFile(persist_path, self._records, rid_counter)
         self._runs: dict[int, Run] = {}
         self._pipelines: dict[str, Pipeline] = {}
         self._tasks = TaskSet("scheduler")
@@ -105,8 +105,6 @@ class Scheduler:
         if self._started or self._stopping:
             return
         records = self._file.load()
-        if records:
-            self._rid_counter.advance_past(max(records))
         for rid, record in sorted(records.items()):
             status = RunStatus.__members__.get(str(record.get("status")))
             if status in QUEUED:

@@ -2,16 +2,18 @@
 
 The file (PYON, replaced atomically, see :func:`artiq_bus.pyon.store_file`)::
 
-    {"version": 1, "runs": {RID: {"pipeline", "expid", "priority", "due_date", "flush",
-                                  "status", "repo_msg", "start_time", "run_time"}}}
+    {"version": 1, "last_rid": N,
+     "runs": {RID: {"pipeline", "expid", "priority", "due_date", "flush",
+                    "status", "repo_msg", "start_time", "run_time"}}}
 
 It holds every run that is queued (``pending``/``flushing``) or active (a worker holds
 it); runs being deleted are left out.  Writing (with its fsync, milliseconds) happens
 in a thread, never on the event loop, by one writer task: changes made while a write
-is in flight are coalesced into the next one.  ``submit()`` awaits the write of its
-run before it returns the RID, so a client that got a RID can rely on it.  At the
-next start, queued runs come back with their RIDs and active ones are reported as
-interrupted.
+is in flight are coalesced into the next one.  The same thread then brings the RID
+counter's own file up to date.  ``submit()`` awaits the write of its run before it
+returns the RID, so a client that got a RID can rely on it, and on no later RID being
+reused: ``last_rid`` is in the same write.  At the next start, queued runs come back
+with their RIDs and active ones are reported as interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pyon
+from .rid import RIDCounter
 from .tasks import Signal
 
 __all__ = ["ScheduleFile", "FORMAT_VERSION"]
@@ -37,13 +40,14 @@ Records = dict[int, dict[str, Any]]
 
 
 class ScheduleFile:
-    """Writes the records ``snapshot()`` returns to ``path`` (no file if ``path`` is
-    None)."""
+    """Writes the records ``snapshot()`` returns and the last RID of ``rids`` to
+    ``path`` (no schedule file if ``path`` is None; the RID file still)."""
 
     def __init__(self, path: str | os.PathLike[str] | None,
-                 snapshot: Callable[[], Records]):
+                 snapshot: Callable[[], Records], rids: RIDCounter):
         self.path = Path(path) if path is not None else None
         self._snapshot = snapshot
+        self._rids = rids
         self._requested = 0  # number of changes so far
         self._written = 0  # number of changes on disk
         self._wrote = Signal()
@@ -53,8 +57,9 @@ class ScheduleFile:
         self._failing = False
 
     def load(self) -> Records:
-        """The records in the file ({} if there is none).  An unreadable file is
-        renamed aside (``<name>.bad-<epoch seconds>``, logged), never overwritten."""
+        """The records in the file ({} if there is none); the RID counter is advanced
+        past every RID the file knows.  An unreadable file is renamed aside
+        (``<name>.bad-<epoch seconds>``, logged), never overwritten."""
         if self.path is None or not self.path.exists():
             return {}
         try:
@@ -64,13 +69,18 @@ class ScheduleFile:
             runs = content["runs"]
             if not isinstance(runs, dict):
                 raise ValueError("'runs' is not a dict")
+            last_rid = content.get("last_rid", -1)
+            if not isinstance(last_rid, int):
+                raise ValueError("'last_rid' is not an integer")
         except (OSError, ValueError, KeyError) as exc:
             aside = self.path.with_name(f"{self.path.name}.bad-{int(time.time())}")
             logger.error("cannot read the persisted schedule %s (%s); moved to %s, "
                          "its runs are lost", self.path, exc, aside)
             os.replace(self.path, aside)
             return {}
-        return {rid: record for rid, record in runs.items() if self._valid(rid, record)}
+        records = {rid: record for rid, record in runs.items() if self._valid(rid, record)}
+        self._rids.advance_past(max([last_rid, *records]))
+        return records
 
     @staticmethod
     def _valid(rid: Any, record: Any) -> bool:
@@ -81,7 +91,7 @@ class ScheduleFile:
 
     def changed(self) -> None:
         """The content changed: have it written (by the writer task, in a thread)."""
-        if self.path is None or self._frozen:
+        if self._frozen:
             return
         self._requested += 1
         if self._writer is None or self._writer.done():
@@ -116,14 +126,17 @@ class ScheduleFile:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
         final, self._final = self._final, None
-        if self.path is not None and final is not None:
+        if final is not None:
             await asyncio.to_thread(self._store, final)
         self._wrote.notify()
 
     def _store(self, records: Records) -> None:
-        assert self.path is not None
+        """Write the schedule, then the RID file (in the writer thread)."""
         try:
-            pyon.store_file(self.path, {"version": FORMAT_VERSION, "runs": records})
+            if self.path is not None:
+                pyon.store_file(self.path, {"version": FORMAT_VERSION,
+                                            "last_rid": self._rids.last, "runs": records})
+            self._rids.store()
         except Exception as exc:  # the master goes on without persistence; logged
             if not self._failing:  # log once per failing spell
                 logger.error("cannot write the persisted schedule %s: %s (RIDs %s)",

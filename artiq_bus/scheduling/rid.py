@@ -1,10 +1,12 @@
 """RIDs: run identifiers, monotonic across master restarts.
 
 The last RID handed out is kept in ``last_rid.pyon``: plain text, the integer and a
-newline (ARTIQ's format, whatever the extension says), rewritten atomically on every
-allocation.  When the file is missing (or unreadable) the last RID is recovered from
-results file names, ``results/YYYY-MM-DD/HH(-MM)?/NNNNNNNNN-*.h5``; with none, the
-first RID is 0.
+newline (ARTIQ's format, whatever the extension says), replaced atomically.  Handing
+out a RID touches no disk: :meth:`RIDCounter.store` writes the file from the persisted
+schedule's writer thread (:mod:`.persist`), whose file also records the last RID — so
+an acknowledged RID is durable and a submission costs no fsync on the event loop.  When
+the file is missing (or unreadable) the last RID is recovered from results file names,
+``results/YYYY-MM-DD/HH(-MM)?/NNNNNNNNN-*.h5``; with none, the first RID is 0.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 from ..files import atomic_replace
@@ -49,14 +52,16 @@ def last_rid_in_results(results_dir: str | os.PathLike[str]) -> int:
 
 
 class RIDCounter:
-    """Hands out RIDs; the cache file always holds the last one handed out."""
+    """Hands out RIDs; :meth:`store` brings the cache file up to date."""
 
     def __init__(self, path: str | os.PathLike[str] = "last_rid.pyon",
                  results_dir: str | os.PathLike[str] = "results"):
         self._path = Path(path)
         self._results_dir = Path(results_dir)
+        self._lock = threading.Lock()  # store() runs in a writer thread
+        self._stored: int | None = None
         self._next = self._load_last() + 1
-        self._store(self._next - 1)
+        self.store()
 
     @property
     def path(self) -> Path:
@@ -81,21 +86,33 @@ class RIDCounter:
             self._results_dir)
         return last
 
-    def _store(self, last: int) -> None:
-        with atomic_replace(self._path) as temp:
-            temp.write_text(f"{last}\n", encoding="utf-8")
+    @property
+    def last(self) -> int:
+        """The last RID handed out (-1 before the first)."""
+        return self._next - 1
+
+    def store(self) -> None:
+        """Write the last RID to the cache file, unless it is there already (from any
+        thread)."""
+        with self._lock:
+            last = self.last
+            if last == self._stored:
+                return
+            # the persisted schedule holds the last RID durably: no fsync here
+            with atomic_replace(self._path, durable=False) as temp:
+                temp.write_text(f"{last}\n", encoding="utf-8")
+            self._stored = last
 
     def get(self) -> int:
-        """A new RID (the file is rewritten before it is returned)."""
+        """A new RID (in memory: see :meth:`store`)."""
         rid = self._next
-        self._store(rid)
         self._next = rid + 1
         return rid
 
     def advance_past(self, rid: int) -> None:
         """Never hand out ``rid`` or anything below it (RIDs known from elsewhere, such
-        as a persisted schedule)."""
+        as a persisted schedule), and store that at once."""
         if rid >= self._next:
-            self._store(rid)
             self._next = rid + 1
+            self.store()
             logger.info("RID counter advanced past RID %d", rid)

@@ -80,9 +80,15 @@ class AsyncClient:
 
         ``timeout_s`` (default: the client's) bounds the whole round trip.
         """
+        body, buffers = pack([list(args), kwargs])
+        return await self.call_packed(service, method, body, buffers, timeout_s=timeout_s)
+
+    async def call_packed(self, service: str, method: str, body: bytes, buffers: Sequence[Any],
+                          *, timeout_s: float | None = None) -> Any:
+        """:meth:`call` with the body ``[args, kwargs]`` already packed (by
+        :func:`~artiq_bus.protocol.pack`), followed by its out-of-band ``buffers``."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         request_id = next(self._ids).to_bytes(8, "big")
-        body, buffers = pack([list(args), kwargs])
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending[request_id] = future
@@ -107,6 +113,11 @@ class AsyncClient:
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way message: no reply, no error report (for high-rate traffic)."""
         body, buffers = pack([list(args), kwargs])
+        self.send_packed(service, method, body, buffers)
+
+    def send_packed(self, service: str, method: str, body: bytes,
+                    buffers: Sequence[Any]) -> None:
+        """:meth:`send` with the body ``[args, kwargs]`` already packed."""
         self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(),
                     body, *buffers])
 

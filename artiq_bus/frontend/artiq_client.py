@@ -42,6 +42,7 @@ from .common import (
     parse_arguments,
     reporting_errors,
 )
+from .dataset_commands import add_dataset_commands, show_datasets
 
 __all__ = ["main", "build_parser"]
 
@@ -66,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("rid", metavar="RID", type=int, help="run identifier (RID)")
     delete.set_defaults(func=_action_delete)
 
+    add_dataset_commands(commands)
+
     terminate = commands.add_parser("terminate", help="stop the master")
     terminate.set_defaults(func=_action_terminate)
 
     show = commands.add_parser("show", help="show the master's state or follow a stream")
-    show.add_argument("what", choices=["log"], help="what to show")
+    show.add_argument("what", choices=["log", "datasets"], help="what to show")
     show.set_defaults(func=_action_show)
     return parser
 
@@ -244,6 +247,8 @@ def _action_show(session: Session) -> None:
     session.info()
     if session.args.what == "log":
         asyncio.run(_follow_log(session))
+    elif session.args.what == "datasets":
+        show_datasets(session)
 
 
 def _run(action: Callable[[Session], None], args: argparse.Namespace) -> None:

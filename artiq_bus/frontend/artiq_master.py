@@ -33,6 +33,7 @@ from ..net.addresses import (
     DEFAULT_PUBLISH_PORT,
 )
 from ..net.errors import NetError
+from ..nodes.datasets import DatasetsNode
 from ..nodes.devices import DevicesNode
 from ..nodes.log import CONSOLE_FORMAT, LogNode
 from ..nodes.management import ManagementNode
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None,
                         help="friendly name of this master, shown by dashboards")
     DevicesNode.add_arguments(parser)
+    DatasetsNode.add_arguments(parser)
     SchedulerNode.add_arguments(parser)
     WorkerPool.add_arguments(parser)
     LogNode.add_arguments(parser)
@@ -157,7 +159,7 @@ class Master:
         # Built before anything starts: a broken device database stops us here.
         self.nodes: list[BusNode] = [
             LogNode.from_args(args), ManagementNode(args.name, self.terminate),
-            DevicesNode.from_args(args),
+            DevicesNode.from_args(args), DatasetsNode.from_args(args),
             WorkerPool(local, args.worker_spares, log_level(args),
                        CurveClient.for_worker(config.curve) if config.curve else None),
             SchedulerNode.from_args(args)]

@@ -3,19 +3,27 @@ virtual devices, and the master's datasets."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ..language.core import TerminationRequested
-from ..protocol import VERSION, NoSuchService, pack, stream_topic
+from ..protocol import (VERSION, BusError, EncodeError, NoSuchService, msgpack_array_header,
+                        pack, pack_into, stream_topic, top_key)
 
 if TYPE_CHECKING:
     from .process import WorkerBus
 
 __all__ = ["BusScheduler", "BusCCB", "BusDatasetBackend", "WAIT_FOREVER_S"]
 
+logger = logging.getLogger(__name__)
+
 #: Calls that wait for a person or for other runs (pause, interactive arguments).
 WAIT_FOREVER_S = 30 * 24 * 3600.0
+#: How long the end of a stage may wait for its dataset updates to be applied and stored.
+SYNC_TIMEOUT_S = 120.0
 
 
 class BusScheduler:
@@ -75,14 +83,29 @@ class BusCCB:
 
 class BusDatasetBackend:
     """The master's datasets, for a run's DatasetManager: reads are calls, updates are
-    one-way messages (they keep their order)."""
+    batched one-way messages to ``datasets.apply_updates``, in order.
 
-    def __init__(self, bus: WorkerBus):
+    Each update is packed at once in the experiment's thread (so later changes to a
+    value cannot reach an update already made; large arrays are copied once) and
+    appended to the current batch; the bus thread takes the whole batch when it next
+    runs, so batches grow exactly as long as the bus thread is busy.  :meth:`sync`
+    (end of each stage) sends the last batch as a call and waits for its reply: every
+    update of the stage is then applied, and persistent ones committed, before the
+    stage's reply.
+    """
+
+    def __init__(self, bus: WorkerBus, service: str = "datasets"):
         self._bus = bus
+        self._service = service
+        self._lock = threading.Lock()
+        self._bodies: list[bytes] = []
+        self._buffers: list[Any] = []
+        self._scheduled = False
+        self._unsynced = False
 
     def _read(self, method: str, key: str) -> Any:
         try:
-            return self._bus.call("datasets", method, key)
+            return self._bus.call(self._service, method, key)
         except NoSuchService:
             raise KeyError(f"dataset {key!r}: the master has no dataset service") from None
 
@@ -93,4 +116,53 @@ class BusDatasetBackend:
         return self._read("get_metadata", key)
 
     def update(self, mod: dict[str, Any]) -> None:
-        self._bus.send("datasets", "update", mod)
+        """Queue one struct update (experiment thread).  A value that cannot be sent
+        raises TypeError here, in the experiment, and nothing is queued."""
+        with self._lock:
+            first = len(self._buffers)
+            try:
+                body = pack_into(self._buffers, mod)
+            except EncodeError as exc:
+                del self._buffers[first:]
+                raise TypeError(f"dataset {top_key(mod)!r} cannot be broadcast: {exc}") from None
+            for index in range(first, len(self._buffers)):
+                self._buffers[index] = bytes(self._buffers[index])  # frozen now
+            self._bodies.append(body)
+            self._unsynced = True
+            if not self._scheduled:
+                self._scheduled = True
+                self._bus.loop.call_soon_threadsafe(self._drain)
+
+    def _take(self) -> tuple[bytes, list[Any]]:
+        """The queued updates as the body ``[[updates], {}]`` and its buffers."""
+        with self._lock:
+            bodies, buffers = self._bodies, self._buffers
+            self._bodies, self._buffers, self._scheduled = [], [], False
+        body = b"".join((b"\x92\x91", msgpack_array_header(len(bodies)), *bodies, b"\x80"))
+        return body, buffers
+
+    def _drain(self) -> None:
+        """Send the current batch (bus thread)."""
+        body, buffers = self._take()
+        if len(body) > 4:  # not an empty batch
+            try:
+                self._bus.bus.client.send_packed(self._service, "apply_updates", body, buffers)
+            except BusError as exc:
+                logger.error("datasets: %d bytes of dataset updates lost: %s", len(body), exc)
+
+    def sync(self) -> None:
+        """Deliver every queued update and wait until the master applied (and, for
+        persistent datasets, stored) them (experiment thread)."""
+        if not self._unsynced:
+            return
+        self._unsynced = False
+        body, buffers = self._take()
+        coroutine = self._bus.bus.client.call_packed(self._service, "apply_updates", body,
+                                                     buffers, timeout_s=SYNC_TIMEOUT_S)
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, self._bus.loop).result()
+        except NoSuchService:
+            logger.error("datasets: the master has no dataset service; broadcast "
+                         "datasets were not delivered")
+        except (BusError, KeyError, ValueError, TypeError) as exc:
+            logger.error("datasets: the master refused dataset updates: %s", exc)

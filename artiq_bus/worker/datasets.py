@@ -6,7 +6,8 @@ A run keeps three things:
   (HDF5 group ``datasets/``);
 * ``archive`` — datasets it read from the master with ``archive=True`` (group
   ``archive/``); the first value read is the one kept;
-* ``metadata`` — the metadata of every dataset it set.
+* ``metadata`` — the metadata of every dataset it set (``archive_metadata``: of those
+  in ``archive``, as the master had it; both become HDF5 attributes).
 
 Broadcast datasets are also sent to a :class:`DatasetBackend` (the master's dataset
 store) as struct updates of ``key → (persist, value, metadata)``: ``setitem``/``delitem``
@@ -69,6 +70,8 @@ class DatasetManager:
         self.local: dict[str, Any] = {}
         self.archive: dict[str, Any] = {}
         self.metadata: dict[str, dict[str, Any]] = {}
+        #: metadata of the datasets in ``archive``, as the master had it
+        self.archive_metadata: dict[str, dict[str, Any]] = {}
 
     def set(self, key: str, value: Any, metadata: dict[str, Any] | None = None,
             broadcast: bool = False, persist: bool = False, archive: bool = True) -> None:
@@ -80,8 +83,8 @@ class DatasetManager:
                            "'archive' are set to False.", key)
         if broadcast:
             entry = (persist, value, metadata)
+            self.backend.update(mods.setitem([], key, entry))  # first: it may refuse
             self.broadcast[key] = entry
-            self.backend.update(mods.setitem([], key, entry))
         elif key in self.broadcast:
             # broadcast earlier in this run, now private: the master's copy goes
             del self.broadcast[key]
@@ -129,7 +132,15 @@ class DatasetManager:
                                "value read", key)
             else:
                 self.archive[key] = value
+                self._archive_metadata(key)
         return value
+
+    def _archive_metadata(self, key: str) -> None:
+        """The master's metadata of an archived dataset, for the results file."""
+        try:
+            self.archive_metadata[key] = self.backend.get_metadata(key)
+        except KeyError:  # deleted since it was read
+            pass
 
     def get_metadata(self, key: str) -> dict[str, Any]:
         """Metadata of dataset ``key``: this run's own, else the master's."""

@@ -20,6 +20,7 @@ from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
 from .compat import install_artiq_compat
 from .datasets import DatasetManager
 from .devices import DeviceDB, DeviceManager
+from .examine import examine_file
 from .results import results_dir, results_path, write_results
 from .tools import file_import, get_experiment
 
@@ -123,8 +124,18 @@ class ExperimentRunner:
         finally:
             self.write_results(outcome)
 
+    def flush_datasets(self) -> None:
+        """End of a stage: this stage's dataset updates reach the master (and persistent
+        ones its disk) before the stage's reply."""
+        if self._datasets is not None:
+            sync = getattr(self._datasets.backend, "sync", None)
+            if sync is not None:
+                sync()
+
     def examine(self, file: str) -> dict[str, Any]:
-        raise NotImplementedError("repository scanning arrives with the repository issue")
+        """What experiments ``file`` holds (see :mod:`.examine`); never raises for a
+        broken file."""
+        return examine_file(file, self._bus)
 
     def close(self) -> None:
         if self._devices is not None:
@@ -155,7 +166,7 @@ class ExperimentRunner:
                       run_time=self._run_time, expid=self._expid,
                       datasets=self._datasets.local, archive=self._datasets.archive,
                       metadata=self._datasets.metadata, version=__version__,
-                      outcome=outcome)
+                      outcome=outcome, archive_metadata=self._datasets.archive_metadata)
         logger.debug("worker(%d): results written to %s", self._rid, path)
 
 

@@ -176,14 +176,16 @@ def main(config: dict[str, Any]) -> int:
     root.setLevel(config.get("log_level", logging.WARNING))
     while (job := jobs.get()) is not None:
         name, function, future = job
+        error: BaseException | None = None
+        result = None
         try:
             result = function()
         except BaseException as exc:
             # The experiment's own traceback, for its author, under its run's source.
             logger.error("%s() failed:\n%s", name, user_traceback(exc))
-            worker_bus.loop.call_soon_threadsafe(_settle, future, exc, None)
-        else:
-            worker_bus.loop.call_soon_threadsafe(_settle, future, None, result)
+            error = exc
+        runner.flush_datasets()  # the stage's dataset updates arrive before its reply
+        worker_bus.loop.call_soon_threadsafe(_settle, future, error, result)
     runner.close()
     stopped.set()
     bus_thread.join(5.0)

@@ -7,7 +7,8 @@ What (:func:`write_results`)::
 
     datasets/<key>   every dataset the run set with archive=True
     archive/<key>    every dataset the run read from the master with archive=True
-                     (both: the dataset's metadata unit/scale/precision as attributes)
+                     (both: the dataset's metadata unit/scale/precision as attributes;
+                     for archive/, the master's metadata when the run fetched it)
     artiq_version    str      the version of the software that ran the experiment
     rid              int
     start_time       float    epoch seconds, start of build
@@ -164,9 +165,11 @@ def _atomic_h5(path: PathLike) -> Iterator[h5py.File]:
 
 
 def _write_groups(h5file: h5py.File, datasets: Mapping[str, Any],
-                  archive: Mapping[str, Any], metadata: Metadata) -> None:
+                  archive: Mapping[str, Any], metadata: Metadata,
+                  archive_metadata: Metadata | None = None) -> None:
     _write_group(h5file, "datasets", datasets, metadata)
-    _write_group(h5file, "archive", archive, metadata)
+    # an archived dataset's metadata: the master's when known, else this run's
+    _write_group(h5file, "archive", archive, {**metadata, **(archive_metadata or {})})
 
 
 def _write_root(h5file: h5py.File, fields: Iterable[tuple[str, Any]]) -> None:
@@ -177,7 +180,8 @@ def _write_root(h5file: h5py.File, fields: Iterable[tuple[str, Any]]) -> None:
 def write_results(path: PathLike, *, rid: int, start_time: float, run_time: float | None,
                   expid: Mapping[str, Any], datasets: Mapping[str, Any],
                   archive: Mapping[str, Any], metadata: Metadata, version: str,
-                  outcome: str | None = None) -> None:
+                  outcome: str | None = None,
+                  archive_metadata: Metadata | None = None) -> None:
     """Write a run's results file (layout in the module doc); missing directories are
     created.  ``run_time=None`` (``run()`` never started) is stored as NaN."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +195,7 @@ def write_results(path: PathLike, *, rid: int, start_time: float, run_time: floa
     if outcome is not None:
         fields.append(("outcome", str(outcome)))
     with _atomic_h5(path) as h5file:
-        _write_groups(h5file, datasets, archive, metadata)
+        _write_groups(h5file, datasets, archive, metadata, archive_metadata)
         _write_root(h5file, fields)
 
 

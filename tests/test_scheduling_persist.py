@@ -20,6 +20,7 @@ import pytest
 
 from artiq_bus import pyon
 from artiq_bus.scheduling import INTERRUPTED
+from artiq_bus.scheduling.persist import read_schedule
 
 from test_scheduling_worker import EXPID, Harness, forever, run
 
@@ -28,9 +29,7 @@ FAR = 4_000_000_000.0  # a due date that never comes during a test
 
 
 def persisted(tmp_path: Path) -> dict[int, dict[str, Any]]:
-    content = pyon.load_file(tmp_path / "schedule.pyon")
-    assert content["version"] == 1
-    return content["runs"]  # type: ignore[no-any-return]
+    return read_schedule(tmp_path / "schedule.sqlite")[1]
 
 
 def crash_with_runs(tmp_path: Path) -> None:
@@ -109,8 +108,8 @@ def test_crash_with_lost_rid_file_does_not_reuse_rids(tmp_path: Path) -> None:
 
 
 def test_rid_of_a_deleted_run_is_never_reused_after_a_crash(tmp_path: Path) -> None:
-    """RIDs are durable through the schedule file (``last_rid``), even when the RID
-    file is stale: a submission fsyncs one file, off the event loop."""
+    """RIDs are durable through the persisted schedule (``last_rid``), even when the
+    RID file is stale: a submission commits once, off the event loop."""
     async def first() -> None:
         h = Harness(tmp_path)
         await h.scheduler.start()
@@ -118,8 +117,7 @@ def test_rid_of_a_deleted_run_is_never_reused_after_a_crash(tmp_path: Path) -> N
         rid = await h.submit(due_date=FAR)
         h.scheduler.delete(rid)
         await h.scheduler.persisted()
-        content = pyon.load_file(tmp_path / "schedule.pyon")
-        assert (content["last_rid"], content["runs"]) == (0, {})
+        assert read_schedule(tmp_path / "schedule.sqlite") == (0, {})
     run(first())
     (tmp_path / "last_rid.pyon").write_text("-1\n")  # as if its write never happened
 
@@ -167,7 +165,7 @@ def test_submission_is_written_before_submit_returns(tmp_path: Path) -> None:
 
 def test_unreadable_file_is_moved_aside(tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "schedule.pyon").write_text("{not pyon")
+    (tmp_path / "schedule.sqlite").write_text("{not a database")
 
     async def main() -> None:
         async with Harness(tmp_path) as h:
@@ -175,7 +173,7 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path,
             await h.schedule.wait_gone(rid)
     run(main())
     [aside] = [p.name for p in tmp_path.iterdir() if ".bad-" in p.name]
-    assert (tmp_path / aside).read_text() == "{not pyon"
+    assert (tmp_path / aside).read_text() == "{not a database"
     assert any("cannot read the persisted schedule" in r.getMessage()
                for r in caplog.records if r.levelno == logging.ERROR)
 
@@ -183,7 +181,7 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path,
 def test_unwritable_file_is_logged_not_fatal(tmp_path: Path,
                                              caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
-        async with Harness(tmp_path, persist_path=tmp_path / "missing" / "s.pyon") as h:
+        async with Harness(tmp_path, persist_path=tmp_path / "missing" / "s.sqlite") as h:
             rid = await h.submit()
             await h.schedule.wait_gone(rid)
     run(main())

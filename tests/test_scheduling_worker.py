@@ -230,7 +230,7 @@ class Harness:
         self.results: list[tuple[int, dict[str, Any], float, float, str]] = []
         self.results_written = Signal()
         self.rid_counter = RIDCounter(tmp_path / "last_rid.pyon", tmp_path / "results")
-        options.setdefault("persist_path", tmp_path / "schedule.pyon")
+        options.setdefault("persist_path", tmp_path / "schedule.sqlite")
         options.setdefault("results_writer", self._write_results)
         self.scheduler = Scheduler(self.farm, self.rid_counter, self.schedule, **options)
         self.farm.scheduler, self.farm.schedule = self.scheduler, self.schedule

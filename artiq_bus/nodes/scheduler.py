@@ -50,7 +50,7 @@ class SchedulerNode:
     services = (SCHEDULER_SERVICE,)
 
     def __init__(self, log_submissions: str | None = None,
-                 persist_path: str = "schedule.pyon", results: str = "results"):
+                 persist_path: str = "schedule.sqlite", results: str = "results"):
         self._log_submissions = log_submissions
         self._persist_path = persist_path
         self._results = Path(results)

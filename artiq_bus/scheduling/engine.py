@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 from ..protocol import updates
 from .errors import (InvalidSubmission, PauseNotAllowed, RepositoryUnavailable, RIDNotFound,
                      RunDeleted, SchedulerNotStarted, WorkerError)
-from .persist import Records, ScheduleFile
+from .persist import ScheduleStore
 from .pipeline import Pipeline
 from .rid import RIDCounter
 from .runs import (INTERRUPTED, Run, check_submission, describe, failure_outcome,
@@ -90,7 +90,7 @@ class Scheduler:
         self._results_writer = results_writer
         self._resolve_repository = resolve_repository
         self._release_revision = release_revision
-        self._file = ScheduleFile(persist_path, self._records, rid_counter)
+        self._file = ScheduleStore(persist_path, self._record_of, rid_counter)
         self._runs: dict[int, Run] = {}
         self._pipelines: dict[str, Pipeline] = {}
         self._tasks = TaskSet("scheduler")
@@ -104,7 +104,7 @@ class Scheduler:
         """Bring back the persisted schedule, then accept submissions."""
         if self._started or self._stopping:
             return
-        records = self._file.load()
+        records = await self._file.load()
         for rid, record in sorted(records.items()):
             status = RunStatus.__members__.get(str(record.get("status")))
             if status in QUEUED:
@@ -199,7 +199,7 @@ class Scheduler:
             pipeline.start()
         pipeline.runs[run.rid] = run
         self._schedule.setitem(run.rid, run.entry())
-        self._file.changed()
+        self._file.changed(run.rid)
         pipeline.changed.notify()
 
     def _log_submission(self, run: Run) -> None:
@@ -283,7 +283,7 @@ class Scheduler:
             return  # deletion is final: nothing more is published
         run.status = status
         self._schedule.update(updates.setitem([run.rid], "status", status.name))
-        self._file.changed()
+        self._file.changed(run.rid)
         self._pipelines[run.pipeline].changed.notify()
 
     def worker_for(self, run: Run) -> WorkerHandle:
@@ -365,9 +365,13 @@ class Scheduler:
 
     # -- persistence and results --------------------------------------------------------
 
-    def _records(self) -> Records:
-        return {rid: run.record() for rid, run in self._runs.items()
-                if run.status in QUEUED or run.status in ACTIVE}
+    def _record_of(self, rid: int) -> dict[str, Any] | None:
+        """What the persisted schedule keeps of run ``rid``: None once it is gone or
+        being deleted."""
+        run = self._runs.get(rid)
+        if run is None or not (run.status in QUEUED or run.status in ACTIVE):
+            return None
+        return run.record()
 
     def _report(self, rid: int, record: dict[str, Any], outcome: str) -> None:
         """Have a results file written for a run that will not write its own."""

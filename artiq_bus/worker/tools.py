@@ -8,6 +8,10 @@ files into one process wraps the import in :func:`forget_new_modules`, which rem
 the modules imported meanwhile from that directory, so that the next file gets its own
 siblings.  Modules from elsewhere (numpy, the standard library) stay: extension modules
 cannot be loaded twice in one process.
+
+The file and its siblings are compiled from source, never from ``__pycache__``: a
+bytecode file is trusted when the source's mtime (whole seconds) and size match, so a
+file rewritten within the same second at the same size would otherwise run stale code.
 """
 
 from __future__ import annotations
@@ -30,14 +34,32 @@ __all__ = ["file_import", "forget_new_modules", "get_experiment"]
 logger = logging.getLogger(__name__)
 
 
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compiles from the source every time: no bytecode cache read or written."""
+
+    def get_code(self, fullname: str) -> Any:
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)
+
+
 @contextlib.contextmanager
 def _on_sys_path(directory: str) -> Iterator[None]:
+    """``directory`` first on ``sys.path``, its modules loaded from source only."""
+    previous = sys.path_importer_cache.get(directory)
+    sys.path_importer_cache[directory] = importlib.machinery.FileFinder(
+        directory,
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        (_SourceOnlyLoader, importlib.machinery.SOURCE_SUFFIXES))
     sys.path.insert(0, directory)
     try:
         yield
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(directory)
+        if previous is None:
+            sys.path_importer_cache.pop(directory, None)
+        else:
+            sys.path_importer_cache[directory] = previous
 
 
 def file_import(filename: str | os.PathLike[str], prefix: str = "file_import_") -> ModuleType:
@@ -48,7 +70,7 @@ def file_import(filename: str | os.PathLike[str], prefix: str = "file_import_") 
     """
     path = Path(filename).resolve()
     name = prefix + path.stem
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    loader = _SourceOnlyLoader(name, str(path))
     spec = importlib.util.spec_from_loader(name, loader)
     assert spec is not None  # a loader was given, so a spec is always made
     module = importlib.util.module_from_spec(spec)

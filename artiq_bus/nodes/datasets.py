@@ -181,7 +181,10 @@ class DatasetsNode:
         """Check and apply one update; whether it changed what is on disk."""
         assert self._owner is not None
         key = _check_update(self.data, update, self._store.max_key_bytes)
-        self._owner.update(update)
+        try:
+            self._owner.update(update)
+        except (ProtocolError, EncodeError) as exc:  # the sender's mistake, not the bus's
+            raise ValueError(f"dataset {key!r}: {exc}") from None
         entry = self.data.get(key)
         if entry is not None and entry[PERSIST]:
             self._persistent.add(key)

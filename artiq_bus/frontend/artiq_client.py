@@ -43,6 +43,7 @@ from .common import (
     reporting_errors,
 )
 from .dataset_commands import add_dataset_commands, show_datasets
+from .repository_commands import add_repository_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(func=_action_delete)
 
     add_dataset_commands(commands)
+    add_repository_commands(commands)
 
     terminate = commands.add_parser("terminate", help="stop the master")
     terminate.set_defaults(func=_action_terminate)

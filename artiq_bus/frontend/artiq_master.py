@@ -37,6 +37,7 @@ from ..nodes.datasets import DatasetsNode
 from ..nodes.devices import DevicesNode
 from ..nodes.log import CONSOLE_FORMAT, LogNode
 from ..nodes.management import ManagementNode
+from ..nodes.repository import RepositoryNode
 from ..nodes.scheduler import SchedulerNode
 from ..nodes.workers import WorkerPool
 from ..protocol import BusError
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     DevicesNode.add_arguments(parser)
     DatasetsNode.add_arguments(parser)
     SchedulerNode.add_arguments(parser)
+    RepositoryNode.add_arguments(parser)
     WorkerPool.add_arguments(parser)
     LogNode.add_arguments(parser)
     add_verbosity(parser)
@@ -162,6 +164,7 @@ class Master:
             DevicesNode.from_args(args), DatasetsNode.from_args(args),
             WorkerPool(local, args.worker_spares, log_level(args),
                        CurveClient.for_worker(config.curve) if config.curve else None),
+            RepositoryNode.from_args(args),  # before the scheduler: it pins revisions
             SchedulerNode.from_args(args)]
 
     async def run(self) -> None:

@@ -26,6 +26,7 @@ from ..runtime.structs import StructOwner, struct_methods
 from ..scheduling import RIDCounter, Scheduler
 from ..scheduling.bus_worker import BusWorkerHandle
 from ..worker.results import results_path, write_results
+from .repository import RepositoryClient
 
 __all__ = ["SchedulerNode", "SCHEDULER_SERVICE"]
 
@@ -76,11 +77,13 @@ class SchedulerNode:
         self._owners = [schedule, self._interactive_args]
         for owner in self._owners:
             await owner.start()
+        repository = RepositoryClient(bus.client)  # checkouts of repository runs
         self._scheduler = Scheduler(
             lambda rid: BusWorkerHandle(bus.client, rid, self._remember_class),
             RIDCounter("last_rid.pyon", str(self._results)), schedule,
             log_submissions=self._log_submissions, persist_path=self._persist_path,
-            results_writer=self._write_results)
+            results_writer=self._write_results,
+            resolve_repository=repository.resolve, release_revision=repository.release)
         await self._scheduler.start()
         self._host = bus.service(SCHEDULER_SERVICE,
                                  {**rpc_methods(self), **struct_methods(*self._owners)})

@@ -137,7 +137,11 @@ class GitBackend:
     kind = BackendKind.GIT
 
     def __init__(self, root: str | os.PathLike[str]):
-        import pygit2  # only the Git backend needs it
+        try:
+            import pygit2  # only the Git backend needs it
+        except ImportError:
+            raise RepositoryConfigError("the Git backend (-g) needs pygit2: "
+                                        "pip install 'artiq_bus[git]'") from None
 
         self._pygit2 = pygit2
         self.root = str(Path(root).absolute())

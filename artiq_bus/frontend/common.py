@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import enum
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -90,11 +91,19 @@ def add_client_security(parser: argparse.ArgumentParser) -> None:
                             f"default ${CLIENT_KEY_ENV}")
 
 
+#: Defaults of ``--server`` and ``--port`` (a Git hook needs no flags for a master on
+#: another port: it inherits them from the environment of the ``git push``).
+SERVER_ENV = "ARTIQ_BUS_SERVER"
+PORT_ENV = "ARTIQ_BUS_PORT"
+
+
 def add_server(parser: argparse.ArgumentParser, default_port: int = DEFAULT_CONTROL_PORT) -> None:
-    parser.add_argument("-s", "--server", default="::1",
-                        help="hostname or IP (v4 or v6) of the master (default: %(default)s)")
-    parser.add_argument("--port", default=default_port, type=int,
-                        help="the master's control port (default: %(default)s)")
+    parser.add_argument("-s", "--server", default=os.environ.get(SERVER_ENV) or "::1",
+                        help="hostname or IP (v4 or v6) of the master (default: "
+                             f"${SERVER_ENV}, else %(default)s)")
+    parser.add_argument("--port", default=os.environ.get(PORT_ENV) or default_port,
+                        type=int, help=f"the master's control port (default: ${PORT_ENV}, "
+                                       "else %(default)s)")
 
 
 def curve_client_from_args(args: argparse.Namespace) -> CurveClient | None:

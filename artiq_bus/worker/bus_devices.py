@@ -108,6 +108,8 @@ class BusDatasetBackend:
             return self._bus.call(self._service, method, key)
         except NoSuchService:
             raise KeyError(f"dataset {key!r}: the master has no dataset service") from None
+        except KeyError:
+            raise KeyError(key) from None  # as ARTIQ raises it (not a RemoteError)
 
     def get(self, key: str) -> Any:
         return self._read("get", key)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..language.environment import is_public_experiment
 from .arguments import TraceArgumentManager
 from .bus_devices import BusDatasetBackend
+from .compat import install_artiq_compat
 from .devices import DummyDevice
 from .tools import file_import, forget_new_modules
 
@@ -115,6 +116,7 @@ def examine_file(path: str, bus: WorkerBus | None = None) -> dict[str, Any]:
     "scheduler_defaults"}}}`` for the experiment file ``path``, or ``{"error":
     {"message", "line"}}`` when importing it or building one of its experiments fails."""
     filename = str(Path(path).resolve())
+    install_artiq_compat()  # files written for ARTIQ import artiq.experiment
     if bus is not None:
         bus.set_source(f"worker(scan,{os.path.basename(path)})")
         devices = _ExamineDevices(lambda: bus.call("devices", "get_device_db"))

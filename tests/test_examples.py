@@ -31,3 +31,24 @@ def test_follow_log_example_shows_backlog_then_live_records(master: Master,
             follower.wait_for_line(r"print: while it follows")
         finally:
             follower.stop()
+
+
+def test_follow_datasets_example_follows_a_folder(master: Master, tmp_path: Path) -> None:
+    with Client(master.address) as client:
+        client.call("datasets", "set", "scan.x", [1], False, {"unit": "s"})
+        client.call("datasets", "set", "other", 1)
+        follower = Process([sys.executable, str(EXAMPLES / "follow_datasets.py"), "127.0.0.1",
+                            str(master.control), "scan."], tmp_path)
+        try:
+            follower.wait_for_line(r"^scan\.x = \(False, \[1\], \{'unit': 's'\}\)$")
+            client.call("datasets", "update", {"action": "append", "path": ["scan.x", 1],
+                                               "x": 2})
+            client.call("datasets", "set", "other", 2)
+            client.call("datasets", "set", "scan.y", "text", True)
+            follower.wait_for_line(r"^scan\.x = \(False, \[1, 2\], ")
+            follower.wait_for_line(r"^scan\.y = \(True, 'text', \{\}\)$")
+            client.call("datasets", "delete", "scan.x")
+            follower.wait_for_line(r"^scan\.x deleted$")
+            assert "other" not in follower.output()
+        finally:
+            follower.stop()

@@ -7,11 +7,13 @@ to a Unix socket of this process; that is how the benchmark waits on the thing i
 Latency: one run at a time, ``time.time()`` in ``run()`` minus ``time.time()`` just
 before the blocking ``submit`` call (one machine, one clock); the next submit waits
 for the previous run's ``analyze()``.  Throughput: ``BURST`` runs submitted at once
-(all calls in flight, as several clients would), from the first ``run()`` to the last
-``analyze()``: the rate at which a full queue empties.
+(all calls in flight, as several clients would), from the first submit until a replica
+of the ``schedule`` is empty again: every run completed, results file written, worker
+gone.
 
-The raw limit beside them is a bare fork in this process: ``os.fork()`` of a child that
-exits at once, and the parent's ``waitpid`` (a run needs at least one).  The targets
+The raw limit beside them is a bare fork of an imported process (this one, with numpy,
+h5py and pyzmq loaded): ``os.fork()`` of a child that exits at once, and the parent's
+``waitpid`` (a run needs at least one).  The targets
 (DESIGN §9) are absolute: latency ≤ 10 ms median, ≥ 50 runs/s; ARTIQ takes 665 ms and
 does 1.8 runs/s on this kind of machine.
 
@@ -31,16 +33,20 @@ import threading
 import time
 from pathlib import Path
 
+import h5py  # noqa: F401  (the raw limit forks a process as loaded as the zygote)
+
 from _common import Report, percentile, run
 
 from artiq_bus.client.aio import AsyncClient
+from artiq_bus.client.replica import Replica
+from artiq_bus.client.subscriber import Subscriber
 from artiq_bus.client.sync import Client
 from artiq_bus.net import BusAddress
 
 READY_LINE = "ARTIQ master is now ready."
 WARMUP_RUNS = 5
 LATENCY_RUNS = 60
-BURST = 150
+BURST = 100
 FORKS = 300
 TIMEOUT_S = 20.0
 
@@ -59,6 +65,8 @@ class Empty(EnvExperiment):
         self.setattr_argument("sock", StringValue(""))
 
     def _report(self, stage):
+        if not self.sock:
+            return
         message = f"{stage} {self.scheduler.rid} {time.time()!r}".encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(message, self.sock)
@@ -138,15 +146,24 @@ class Stages:
         self._sock.close()
 
 
-async def submit_all(address: BusAddress, expid: dict[str, object]) -> list[int]:
-    """Submit ``BURST`` runs with every call in flight; their RIDs, in order."""
-    client = AsyncClient(address)
+async def burst_s(address: BusAddress, expid: dict[str, object]) -> float:
+    """Seconds from submitting ``BURST`` runs at once (every call in flight) until the
+    schedule is empty again."""
+    client, subscriber = AsyncClient(address), Subscriber(address.notify)
     await client.start()
+    await subscriber.start()
+    schedule = Replica(client, subscriber, "schedule", service="scheduler")
     try:
-        return list(await asyncio.gather(*(
+        await schedule.start(TIMEOUT_S)
+        started = time.perf_counter()
+        rids = await asyncio.gather(*(
             client.call("scheduler", "submit", "main", expid, 0, None, False,
-                        timeout_s=TIMEOUT_S) for _ in range(BURST))))
+                        timeout_s=TIMEOUT_S) for _ in range(BURST)))
+        await schedule.wait_for(lambda runs: not runs.keys() & set(rids), TIMEOUT_S)
+        return time.perf_counter() - started
     finally:
+        await schedule.stop()
+        await subscriber.stop()
         await client.stop()
 
 
@@ -184,10 +201,9 @@ def body(report: Report) -> None:
                 stages.wait_for("analyze", rid)
                 if index >= WARMUP_RUNS:
                     latencies.append(started - submitted)
-            rids = asyncio.run(submit_all(master.address, expid))
-            first = stages.wait_for("run", rids[0])
-            last = stages.wait_for("analyze", rids[-1])
-            rate = (BURST - 1) / (last - first)
+            # not reporting stages: a Unix datagram socket queues only ~10 messages
+            silent = {**expid, "arguments": {"sock": ""}}
+            rate = BURST / asyncio.run(burst_s(master.address, silent))
         finally:
             client.close()
             master.stop()
@@ -201,7 +217,7 @@ def body(report: Report) -> None:
                         "bare_fork_median_ms": round(fork_median * 1e3, 3)})
     report.add("submit → run() median", "ms", statistics.median(latencies) * 1e3,
                fork_median * 1e3, 10.0, higher_is_better=False, absolute=True)
-    report.add("empty runs completed back to back", "runs/s", rate, 1 / fork_median,
+    report.add(f"{BURST} empty runs submitted at once", "runs/s", rate, 1 / fork_median,
                50.0, higher_is_better=True, absolute=True)
 
 

@@ -4,6 +4,7 @@ virtual devices, and the master's datasets."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import threading
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..language.core import TerminationRequested
 from ..protocol import (VERSION, BusError, EncodeError, NoSuchService, msgpack_array_header,
-                        pack, pack_into, stream_topic, top_key)
+                        pack, stream_topic, top_key)
 
 if TYPE_CHECKING:
     from .process import WorkerBus
@@ -87,21 +88,22 @@ class BusDatasetBackend:
 
     Each update is packed at once in the experiment's thread (so later changes to a
     value cannot reach an update already made; large arrays are copied once) and
-    appended to the current batch; the bus thread takes the whole batch when it next
-    runs, so batches grow exactly as long as the bus thread is busy.  :meth:`sync`
-    (end of each stage) sends the last batch as a call and waits for its reply: every
-    update of the stage is then applied, and persistent ones committed, before the
-    stage's reply.
+    queued; the bus thread takes everything queued when it next runs, so batches grow
+    exactly as long as the bus thread is busy.  An update carrying out-of-band frames
+    (a large array) travels in a message of its own.  :meth:`sync` (end of each stage)
+    sends the last batch as a call and waits for its reply: every update of the stage
+    is then applied, and persistent ones committed, before the stage's reply.
     """
 
     def __init__(self, bus: WorkerBus, service: str = "datasets"):
         self._bus = bus
         self._service = service
-        self._lock = threading.Lock()
-        self._bodies: list[bytes] = []
-        self._buffers: list[Any] = []
+        #: packed updates (bytes), or (bytes, buffers) for those with frames; appended by
+        #: the experiment thread, popped by the bus thread (deque: no lock needed)
+        self._queue: collections.deque[Any] = collections.deque()
         self._scheduled = False
         self._unsynced = False
+        self._sync_lock = threading.Lock()
 
     def _read(self, method: str, key: str) -> Any:
         try:
@@ -120,37 +122,50 @@ class BusDatasetBackend:
     def update(self, mod: dict[str, Any]) -> None:
         """Queue one struct update (experiment thread).  A value that cannot be sent
         raises TypeError here, in the experiment, and nothing is queued."""
-        with self._lock:
-            first = len(self._buffers)
-            try:
-                body = pack_into(self._buffers, mod)
-            except EncodeError as exc:
-                del self._buffers[first:]
-                raise TypeError(f"dataset {top_key(mod)!r} cannot be broadcast: {exc}") from None
-            for index in range(first, len(self._buffers)):
-                self._buffers[index] = bytes(self._buffers[index])  # frozen now
-            self._bodies.append(body)
-            self._unsynced = True
-            if not self._scheduled:
-                self._scheduled = True
-                self._bus.loop.call_soon_threadsafe(self._drain)
+        try:
+            body, buffers = pack(mod)
+        except EncodeError as exc:
+            raise TypeError(f"dataset {top_key(mod)!r} cannot be broadcast: {exc}") from None
+        if buffers:
+            self._queue.append((body, [bytes(buffer) for buffer in buffers]))  # frozen
+        else:
+            self._queue.append(body)
+        self._unsynced = True
+        if not self._scheduled:
+            self._scheduled = True
+            self._bus.loop.call_soon_threadsafe(self._drain)
 
-    def _take(self) -> tuple[bytes, list[Any]]:
-        """The queued updates as the body ``[[updates], {}]`` and its buffers."""
-        with self._lock:
-            bodies, buffers = self._bodies, self._buffers
-            self._bodies, self._buffers, self._scheduled = [], [], False
-        body = b"".join((b"\x92\x91", msgpack_array_header(len(bodies)), *bodies, b"\x80"))
-        return body, buffers
+    def _batches(self) -> list[tuple[bytes, list[Any]]]:
+        """Everything queued, as message bodies ``[[updates], {}]`` and their frames."""
+        queue, batches, bodies = self._queue, [], []
+        while True:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if type(item) is bytes:
+                bodies.append(item)
+                continue
+            if bodies:
+                batches.append((_batch_body(bodies), []))
+                bodies = []
+            batches.append((_batch_body([item[0]]), item[1]))
+        if bodies:
+            batches.append((_batch_body(bodies), []))
+        return batches
 
     def _drain(self) -> None:
-        """Send the current batch (bus thread)."""
-        body, buffers = self._take()
-        if len(body) > 4:  # not an empty batch
-            try:
-                self._bus.bus.client.send_packed(self._service, "apply_updates", body, buffers)
-            except BusError as exc:
-                logger.error("datasets: %d bytes of dataset updates lost: %s", len(body), exc)
+        """Send what is queued (bus thread).  The flag is cleared first: an update
+        queued meanwhile either is taken now or schedules another drain."""
+        self._scheduled = False
+        with self._sync_lock:
+            for body, buffers in self._batches():
+                try:
+                    self._bus.bus.client.send_packed(self._service, "apply_updates", body,
+                                                     buffers)
+                except BusError as exc:
+                    logger.error("datasets: %d bytes of dataset updates lost: %s",
+                                 len(body), exc)
 
     def sync(self) -> None:
         """Deliver every queued update and wait until the master applied (and, for
@@ -158,13 +173,26 @@ class BusDatasetBackend:
         if not self._unsynced:
             return
         self._unsynced = False
-        body, buffers = self._take()
-        coroutine = self._bus.bus.client.call_packed(self._service, "apply_updates", body,
-                                                     buffers, timeout_s=SYNC_TIMEOUT_S)
+        with self._sync_lock:  # no drain in the bus thread between taking and sending
+            batches = self._batches() or [(_batch_body([]), [])]
+            for body, buffers in batches[:-1]:
+                self._send_later(body, buffers)
+            last = self._bus.bus.client.call_packed(self._service, "apply_updates",
+                                                    *batches[-1], timeout_s=SYNC_TIMEOUT_S)
+            future = asyncio.run_coroutine_threadsafe(last, self._bus.loop)
         try:
-            asyncio.run_coroutine_threadsafe(coroutine, self._bus.loop).result()
+            future.result()
         except NoSuchService:
             logger.error("datasets: the master has no dataset service; broadcast "
                          "datasets were not delivered")
         except (BusError, KeyError, ValueError, TypeError) as exc:
             logger.error("datasets: the master refused dataset updates: %s", exc)
+
+    def _send_later(self, body: bytes, buffers: list[Any]) -> None:
+        self._bus.loop.call_soon_threadsafe(
+            self._bus.bus.client.send_packed, self._service, "apply_updates", body, buffers)
+
+
+def _batch_body(bodies: list[bytes]) -> bytes:
+    """The body ``[[update, ...], {}]`` from packed updates."""
+    return b"".join((b"\x92\x91", msgpack_array_header(len(bodies)), *bodies, b"\x80"))

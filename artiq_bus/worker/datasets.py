@@ -108,7 +108,9 @@ class DatasetManager:
         index = dataset_index(index)
         target[index] = value
         if key in self.broadcast:
-            self.backend.update(mods.setitem([key, VALUE_INDEX], index, value))
+            # mods.setitem([key, VALUE_INDEX], index, value), spelled out: the hot path
+            self.backend.update({"action": "setitem", "path": [key, VALUE_INDEX],
+                                 "key": index, "value": value})
 
     def append_to(self, key: str, value: Any) -> None:
         """``dataset.append(value)``, here and (if broadcast) in the master."""

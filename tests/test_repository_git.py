@@ -198,3 +198,11 @@ def test_revision_in_use_while_head_moves_on(tmp_path: Path) -> None:
         code = master.stop()
     assert code == 0, master.output()
     assert checkout_dirs(tmp_path) == []
+
+
+def test_the_bundled_hook_is_the_tutorials() -> None:
+    hook = Path(__file__).resolve().parent.parent / "examples" / "git" / "post-receive"
+    lines = [line for line in hook.read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines == [HOOK.strip()]
+    assert hook.stat().st_mode & 0o111

@@ -94,6 +94,9 @@ class RepositoryNode:
             await owner.start()
         examiners = Examiners(bus.client, self._examine_timeout_s, self._parallel)
         self._repository = Repository(self.backend, examiners, explist, status, self._subdir)
+        if not await asyncio.to_thread(os.path.isdir, self.backend.root):
+            logger.warning("repository: %s is not a directory: no experiments are listed "
+                           "(give -r DIR)", self.backend.root)
         await self._repository.start()
         self._host = bus.service(REPOSITORY_SERVICE,
                                  {**rpc_methods(self), **struct_methods(*self._owners)})

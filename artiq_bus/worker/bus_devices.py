@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: Calls that wait for a person or for other runs (pause, interactive arguments).
 WAIT_FOREVER_S = 30 * 24 * 3600.0
+#: While a run streams dataset updates, its bus thread sends them this often: the first
+#: update after a pause leaves at once, the rest at most this much later, in batches.
+BATCH_WINDOW_S = 0.001
 #: How long the end of a stage may wait for its dataset updates to be applied and stored.
 SYNC_TIMEOUT_S = 120.0
 
@@ -155,17 +158,27 @@ class BusDatasetBackend:
         return batches
 
     def _drain(self) -> None:
-        """Send what is queued (bus thread).  The flag is cleared first: an update
-        queued meanwhile either is taken now or schedules another drain."""
-        self._scheduled = False
+        """Send what is queued (bus thread), then look again after
+        :data:`BATCH_WINDOW_S` while updates keep coming: a stream of updates then
+        costs one cross-thread wake-up, not one per batch (each would hand the GIL
+        over).  The flag is cleared only when a look finds nothing, before the last
+        look, so an update queued after it wakes the bus thread itself."""
         with self._sync_lock:
-            for body, buffers in self._batches():
+            batches = self._batches()
+            for body, buffers in batches:
                 try:
                     self._bus.bus.client.send_packed(self._service, "apply_updates", body,
                                                      buffers)
                 except BusError as exc:
                     logger.error("datasets: %d bytes of dataset updates lost: %s",
                                  len(body), exc)
+        if batches:
+            self._bus.loop.call_later(BATCH_WINDOW_S, self._drain)
+            return
+        self._scheduled = False
+        if self._queue:
+            self._scheduled = True
+            self._drain()
 
     def sync(self) -> None:
         """Deliver every queued update and wait until the master applied (and, for

@@ -3,13 +3,16 @@ a few milliseconds, and reports how workers ended.
 
 Workers are forked by the zygote (:mod:`artiq_bus.worker.zygote`), a child process that
 has imported everything once.  Each spare connects to the broker, registers a service
-``worker.<id>`` and tells the pool it is ready; ``acquire`` hands one out and forks its
-replacement.  The zygote reports every exit, so the pool can say how a worker died
+``worker.<id>`` and tells the pool it is ready; ``acquire`` hands one out.  Its
+replacement is forked once the hand-over is over — when the worker says it is
+``running`` (its ``run()`` starts) or it ends — because starting a worker costs
+milliseconds of CPU that would otherwise slow the very hand-over it prepares for; an
+``acquire`` that finds no spare ready or starting forks one at once.  The zygote reports every exit, so the pool can say how a worker died
 (``signal 9``, ``exit code 1``).  When the master goes, the zygote sees its stdin close
 and kills every worker: no orphans.
 
-Service ``workers``: ``acquire()``, ``ready(service, pid)`` (one-way, from workers),
-``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
+Service ``workers``: ``acquire()``, ``ready(service, pid)`` and ``running(pid)`` (one-way,
+from workers), ``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class WorkerPool:
         self._spawned: asyncio.Queue[int] = asyncio.Queue()
         self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._starting = 0
+        #: Workers handed out whose replacement waits for the end of their hand-over.
+        self._handing_over: set[int] = set()
         self._exits: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._exit_waiters: dict[int, list[asyncio.Future[str]]] = {}
         self._alive: set[int] = set()
@@ -109,16 +114,26 @@ class WorkerPool:
         self._zygote.stdin.write(json.dumps(command).encode() + b"\n")
 
     def _top_up(self) -> None:
-        """Fork workers until enough are ready or starting."""
-        while self._ready.qsize() + self._starting < self._spares_wanted:
-            self._starting += 1
-            address = self._worker_address
-            self._command({"spawn": {
-                "broker": {"control": address.control, "notify": address.notify,
-                           "publish": address.publish},
-                "service": f"worker.{uuid.uuid4().hex[:12]}",
-                "curve": self._curve.to_wire() if self._curve is not None else None,
-                "log_level": self._log_level}})
+        """Fork workers until enough are ready, starting, or owed to a hand-over."""
+        while (self._ready.qsize() + self._starting + len(self._handing_over)
+               < self._spares_wanted):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._starting += 1
+        address = self._worker_address
+        self._command({"spawn": {
+            "broker": {"control": address.control, "notify": address.notify,
+                       "publish": address.publish},
+            "service": f"worker.{uuid.uuid4().hex[:12]}",
+            "curve": self._curve.to_wire() if self._curve is not None else None,
+            "log_level": self._log_level}})
+
+    def _handed_over(self, pid: int) -> None:
+        """The hand-over of worker ``pid`` is over: its replacement may start."""
+        if pid in self._handing_over:
+            self._handing_over.discard(pid)
+            self._top_up()
 
     async def _read_zygote(self) -> None:
         assert self._zygote is not None and self._zygote.stdout is not None
@@ -135,6 +150,7 @@ class WorkerPool:
     def _on_exit(self, pid: int, status: int) -> None:
         description = describe_status(status)
         self._alive.discard(pid)
+        self._handed_over(pid)
         self._exits[pid] = description
         if len(self._exits) > _EXITS_KEPT:
             self._exits.popitem(last=False)
@@ -154,12 +170,20 @@ class WorkerPool:
             self._ready.put_nowait({"service": service, "pid": pid})
 
     @rpc
+    def running(self, pid: int) -> None:
+        """Worker ``pid`` started ``run()`` (one-way, from the worker)."""
+        self._handed_over(pid)
+
+    @rpc
     async def acquire(self) -> dict[str, Any]:
-        """A ready worker, ``{"service", "pid"}``, for one run; a replacement is forked."""
+        """A ready worker, ``{"service", "pid"}``, for one run (see the module doc for
+        when its replacement is forked)."""
         while True:
+            if self._ready.empty() and self._starting == 0:
+                self._spawn()  # nothing on its way: waiting for hand-overs could be long
             worker = await self._ready.get()
-            self._top_up()
             if worker["pid"] in self._alive:
+                self._handing_over.add(worker["pid"])
                 return worker
 
     @rpc

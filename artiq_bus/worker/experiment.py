@@ -84,13 +84,14 @@ class ExperimentRunner:
         self._start_time = time.time()
         file_name = os.path.basename(expid["file"]) if "file" in expid else "<none>"
         self._bus.set_source(f"worker({rid},{file_name})")
+        device_db = self._bus.start_call("devices", "get_device_db")  # while loading
         module = self._load(wd, expid)
         directory = results_dir(self._home / "results", self._start_time)
         directory.mkdir(parents=True, exist_ok=True)
         os.chdir(directory)
         cls = get_experiment(module, expid.get("class_name"))
         self._devices = DeviceManager(
-            DeviceDB.from_dict(self._bus.call("devices", "get_device_db")),
+            DeviceDB.from_dict(device_db.result()),
             virtual_devices={
                 "scheduler": BusScheduler(self._bus, rid, pipeline_name, priority, expid),
                 "ccb": BusCCB(self._bus)},
@@ -103,6 +104,12 @@ class ExperimentRunner:
 
     def prepare(self) -> None:
         self._experiment.prepare()
+
+    def running(self) -> None:
+        """``run()`` is about to start (from the bus thread): the worker pool may now
+        start this worker's replacement without slowing the hand-over."""
+        assert self._bus is not None
+        self._bus.bus.client.send("workers", "running", os.getpid())
 
     def run(self) -> None:
         self._run_time = time.time()

@@ -47,12 +47,30 @@ class WorkerBus:
     def __init__(self, loop: asyncio.AbstractEventLoop, bus: BusConnection,
                  handler: BusLogHandler):
         self.loop, self.bus, self.log_handler = loop, bus, handler
+        self.output: _OutputCapture | None = None
+        #: Set (on the loop) when the main thread is done: the bus side then stops.
+        self.stopped = asyncio.Event()
+
+    def capture_output(self, forward: Callable[[str, str], None]) -> None:
+        """Make fds 1 and 2 log records (from the main thread, before user code)."""
+        self.output = _OutputCapture(self.loop, forward)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopped.set)
 
     def call(self, service: str, method: str, *args: Any, timeout_s: float | None = None,
              **kwargs: Any) -> Any:
         """A blocking call from user code (main thread) through the bus thread."""
+        return self.start_call(service, method, *args, timeout_s=timeout_s,
+                               **kwargs).result()
+
+    def start_call(self, service: str, method: str, *args: Any,
+                   timeout_s: float | None = None,
+                   **kwargs: Any) -> "concurrent.futures.Future[Any]":
+        """A call whose reply the caller collects later (``.result()``): work can go on
+        meanwhile."""
         coroutine = self.bus.client.call(service, method, *args, timeout_s=timeout_s, **kwargs)
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def send(self, service: str, method: str, *args: Any, **kwargs: Any) -> None:
         """A one-way message; messages keep their order."""
@@ -89,6 +107,7 @@ class _StageService:
 
     @rpc
     async def run(self) -> None:
+        self._runner.running()
         await self._in_main_thread("run", self._runner.run)
 
     @rpc
@@ -105,27 +124,56 @@ class _StageService:
         self._jobs.put(None)
 
 
-def _capture_output(forward: Callable[[str, str], None]) -> None:
-    """Point fds 1 and 2 at pipes whose lines are forwarded as log records."""
-    for fd, name in ((1, "print"), (2, "stderr")):
-        read_end, write_end = os.pipe()
-        os.dup2(write_end, fd)
-        os.close(write_end)
-        threading.Thread(target=_forward_lines, args=(read_end, name, forward),
-                         name=f"worker-{name}", daemon=True).start()
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives forever)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+class _OutputCapture:
+    """File descriptors 1 and 2 point at pipes that the bus loop reads (no thread of
+    their own): each line becomes a log record via ``forward(stream, line)``."""
 
+    _STREAMS = ((1, "print"), (2, "stderr"))
 
-def _forward_lines(fd: int, name: str, forward: Callable[[str, str], None]) -> None:
-    with open(fd, "r", errors="replace") as stream:
-        for line in stream:
-            forward(name, line.rstrip("\n"))
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 forward: Callable[[str, str], None]):
+        self._loop, self._forward = loop, forward
+        self._partial: dict[int, bytes] = {}
+        for fd, name in self._STREAMS:
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+            self._partial[read_end] = b""
+            loop.call_soon_threadsafe(loop.add_reader, read_end, self._read, read_end, name)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives forever)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+    def _read(self, fd: int, name: str) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        *lines, self._partial[fd] = (self._partial[fd] + chunk).split(b"\n")
+        for line in lines:
+            self._forward(name, line.decode(errors="replace"))
+
+    def drain(self) -> None:
+        """Forward what is still in the pipes (on the loop, before it stops)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for (_, name), fd in zip(self._STREAMS, self._partial):
+            self._loop.remove_reader(fd)
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                self._partial[fd] += chunk
+            *lines, rest = self._partial[fd].split(b"\n")
+            for line in [*lines, rest] if rest else lines:
+                self._forward(name, line.decode(errors="replace"))
 
 
 def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, Any],
-             jobs: "queue.SimpleQueue[Job | None]", runner: Any,
-             stopped: threading.Event) -> None:
+             jobs: "queue.SimpleQueue[Job | None]", runner: Any) -> None:
     async def serve() -> None:
         context = zmq.Context()
         curve = CurveClient.from_wire(config["curve"]) if config.get("curve") else None
@@ -138,13 +186,15 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
             await host.start()
             await asyncio.wait_for(host.registered.wait(), 10.0)
             bus.client.send("workers", "ready", config["service"], os.getpid())
-            ready.set_result(WorkerBus(asyncio.get_running_loop(), bus, handler))
-            stop = asyncio.ensure_future(
-                asyncio.get_running_loop().run_in_executor(None, stopped.wait))
+            worker_bus = WorkerBus(asyncio.get_running_loop(), bus, handler)
+            ready.set_result(worker_bus)
+            stop = asyncio.ensure_future(worker_bus.stopped.wait())
             ended = asyncio.ensure_future(host.ended.wait())
             await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
             if ended.done():  # the master is gone: nobody will use this worker again
                 os._exit(1)
+            if worker_bus.output is not None:
+                worker_bus.output.drain()
             handler.flush()
             await host.stop()
         except BaseException as exc:
@@ -163,14 +213,13 @@ def main(config: dict[str, Any]) -> int:
 
     jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
     ready: concurrent.futures.Future[WorkerBus] = concurrent.futures.Future()
-    stopped = threading.Event()
     runner = ExperimentRunner()
-    bus_thread = threading.Thread(target=_run_bus, args=(ready, config, jobs, runner, stopped),
+    bus_thread = threading.Thread(target=_run_bus, args=(ready, config, jobs, runner),
                                   name="worker-bus", daemon=True)
     bus_thread.start()
     worker_bus = ready.result(timeout=30.0)
     runner.attach(worker_bus)
-    _capture_output(runner.forward_output)
+    worker_bus.capture_output(runner.forward_output)
     root = logging.getLogger()
     root.addHandler(worker_bus.log_handler)
     root.setLevel(config.get("log_level", logging.WARNING))
@@ -187,7 +236,7 @@ def main(config: dict[str, Any]) -> int:
         runner.flush_datasets()  # the stage's dataset updates arrive before its reply
         worker_bus.loop.call_soon_threadsafe(_settle, future, error, result)
     runner.close()
-    stopped.set()
+    worker_bus.stop()
     bus_thread.join(5.0)
     return 0
 

@@ -1,0 +1,109 @@
+"""The worker pool's spares: a run's replacement worker is forked once its hand-over is
+over (``run()`` starts, or the worker ends), never during it; a run that finds no
+spare gets one at once.  Real master, zygote and worker processes, seen in /proc."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from conftest import Master
+from helpers.runs import ScheduleWatch, descendants, submit, write_experiment
+
+#: prepare() and run() each wait for a line on their own FIFO: the test holds the run
+#: in each stage as long as it wants.
+GATED = '''\
+from artiq.experiment import *
+
+
+class Gated(EnvExperiment):
+    def build(self):
+        self.setattr_argument("gates", StringValue(""))
+
+    def _wait(self, name):
+        with open(f"{self.gates}/{name}") as gate:
+            gate.readline()
+
+    def prepare(self):
+        self._wait("prepare")
+
+    def run(self):
+        self._wait("run")
+'''
+
+
+def wait_processes(master: Master, count: int, timeout_s: float = 15.0) -> set[int]:
+    """Until exactly ``count`` processes run below the master (zygote included)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = descendants(master.popen.pid)
+        if len(found) == count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} processes below the master, not {count}")
+        time.sleep(0.01)
+
+
+def open_gate(gates: Path, name: str, timeout_s: float = 15.0) -> None:
+    """Let the run waiting at gate ``name`` go, once it waits there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:  # without a reader (the experiment not there yet) this fails at once
+            fd = os.open(gates / name, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no run waits at {gates / name}") from None
+            time.sleep(0.01)
+    with open(fd, "w") as gate:
+        gate.write("go\n")
+
+
+def make_gates(directory: Path) -> Path:
+    """A directory with the two FIFOs of one run."""
+    directory.mkdir()
+    for name in ("prepare", "run"):
+        os.mkfifo(directory / name)
+    return directory
+
+
+def test_replacement_starts_after_the_hand_over(master: Master, tmp_path: Path) -> None:
+    gates = make_gates(tmp_path / "gates")
+    file = write_experiment(tmp_path, "gated.py", GATED)
+    [spare] = wait_processes(master, 2) - {master_zygote(master)}
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file, {"gates": str(gates)})
+        watch.wait_status(rid, "preparing")
+        # held in prepare(): its worker is the former spare, and nothing replaces it yet
+        assert wait_processes(master, 2) == {master_zygote(master), spare}
+        open_gate(gates, "prepare")
+        watch.wait_status(rid, "running")
+        workers = wait_processes(master, 3) - {master_zygote(master)}
+        assert spare in workers  # held in run(), beside its replacement
+        open_gate(gates, "run")
+        watch.wait_gone(rid)
+
+
+def test_a_run_without_a_spare_gets_one_at_once(master: Master, tmp_path: Path) -> None:
+    gates = [make_gates(tmp_path / f"gates{index}") for index in range(2)]
+    file = write_experiment(tmp_path, "gated.py", GATED)
+    wait_processes(master, 2)
+    with ScheduleWatch(master) as watch:
+        first = submit(master, file, {"gates": str(gates[0])})
+        watch.wait_status(first, "preparing")
+        # another pipeline: its run must not wait for the first one's hand-over
+        second = submit(master, file, {"gates": str(gates[1])}, pipeline="other")
+        watch.wait_status(second, "preparing")
+        for run_gates in gates:
+            open_gate(run_gates, "prepare")
+            open_gate(run_gates, "run")
+        watch.wait_gone(first)
+        watch.wait_gone(second)
+
+
+def master_zygote(master: Master) -> int:
+    """The zygote: the master's only child."""
+    children = Path(f"/proc/{master.popen.pid}/task/{master.popen.pid}/children")
+    [zygote] = (int(pid) for pid in children.read_text().split())
+    return zygote

@@ -35,6 +35,7 @@ __all__ = ["RepositoryNode", "RepositoryClient", "REPOSITORY_SERVICE"]
 logger = logging.getLogger(__name__)
 
 REPOSITORY_SERVICE = "repository"
+DEFAULT_REPOSITORY = "repository"
 #: A scan that examines many new files may take long; the caller waits this long.
 SCAN_CALL_TIMEOUT_S = 3600.0
 
@@ -50,7 +51,7 @@ class RepositoryNode:
 
     def __init__(self, backend: Backend, experiment_subdir: str = "",
                  examine_timeout_s: float = EXAMINE_TIMEOUT_S,
-                 scan_workers: int | None = None):
+                 scan_workers: int | None = None, path_given: bool = True):
         self.backend = backend
         self._subdir = experiment_subdir
         self._examine_timeout_s = examine_timeout_s
@@ -58,6 +59,8 @@ class RepositoryNode:
         self._repository: Repository | None = None
         self._owners: list[StructOwner] = []
         self._host: ServiceHost | None = None
+        #: Whether the repository's path was given (a missing one is then a mistake).
+        self._explicit = path_given
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +68,8 @@ class RepositoryNode:
         group.add_argument("-g", "--git", default=False, action="store_true",
                            help="the repository is a Git repository (its commits are "
                                 "used, never a working tree)")
-        group.add_argument("-r", "--repository", default="repository",
-                           help="path to the repository (default: '%(default)s')")
+        group.add_argument("-r", "--repository", default=None,
+                           help=f"path to the repository (default: '{DEFAULT_REPOSITORY}')")
         group.add_argument("--experiment-subdir", default="",
                            help="path to the experiments inside the repository "
                                 "(default: the whole repository)")
@@ -82,9 +85,10 @@ class RepositoryNode:
     def from_args(cls, args: argparse.Namespace) -> "RepositoryNode":
         """Opens the repository at once: a Git repository without a commit stops the
         master before it starts (RepositoryConfigError)."""
-        backend: Backend = (GitBackend(args.repository) if args.git
-                            else FilesystemBackend(args.repository))
-        return cls(backend, args.experiment_subdir, args.examine_timeout, args.scan_workers)
+        path = args.repository or DEFAULT_REPOSITORY
+        backend: Backend = GitBackend(path) if args.git else FilesystemBackend(path)
+        return cls(backend, args.experiment_subdir, args.examine_timeout, args.scan_workers,
+                   path_given=args.repository is not None)
 
     async def start(self, bus: BusConnection) -> None:
         explist = StructOwner("explist", bus.publisher)
@@ -95,8 +99,10 @@ class RepositoryNode:
         examiners = Examiners(bus.client, self._examine_timeout_s, self._parallel)
         self._repository = Repository(self.backend, examiners, explist, status, self._subdir)
         if not await asyncio.to_thread(os.path.isdir, self.backend.root):
-            logger.warning("repository: %s is not a directory: no experiments are listed "
-                           "(give -r DIR)", self.backend.root)
+            # a master without experiments is common; a mistyped -r DIR is not
+            logger.log(logging.WARNING if self._explicit else logging.INFO,
+                       "repository: %s is not a directory: no experiments are listed "
+                       "(give -r DIR)", self.backend.root)
         await self._repository.start()
         self._host = bus.service(REPOSITORY_SERVICE,
                                  {**rpc_methods(self), **struct_methods(*self._owners)})

@@ -61,9 +61,12 @@ class Examiners:
         is dropped).  Raises only if no worker can be had at all."""
         results: dict[str, Outcome] = {}
         todo = collections.deque(paths)
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(self.parallel, len(paths))):
-                group.create_task(self._lane(todo, results))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self.parallel, len(paths))):
+                    group.create_task(self._lane(todo, results))
+        except BaseExceptionGroup as group_error:  # no worker: say why, not "TaskGroup"
+            raise group_error.exceptions[0] from None
         return results
 
     async def _lane(self, todo: collections.deque[str], results: dict[str, Outcome]) -> None:

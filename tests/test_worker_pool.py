@@ -11,6 +11,9 @@ from pathlib import Path
 from conftest import Master
 from helpers.runs import ScheduleWatch, descendants, submit, write_experiment
 
+#: The master's default number of spare workers.
+SPARES = 2
+
 #: prepare() and run() each wait for a line on their own FIFO: the test holds the run
 #: in each stage as long as it wants.
 GATED = '''\
@@ -71,35 +74,37 @@ def make_gates(directory: Path) -> Path:
 def test_replacement_starts_after_the_hand_over(master: Master, tmp_path: Path) -> None:
     gates = make_gates(tmp_path / "gates")
     file = write_experiment(tmp_path, "gated.py", GATED)
-    [spare] = wait_processes(master, 2) - {master_zygote(master)}
+    spares = wait_processes(master, 1 + SPARES) - {master_zygote(master)}
     with ScheduleWatch(master) as watch:
         rid = submit(master, file, {"gates": str(gates)})
         watch.wait_status(rid, "preparing")
-        # held in prepare(): its worker is the former spare, and nothing replaces it yet
-        assert wait_processes(master, 2) == {master_zygote(master), spare}
+        # held in prepare(): its worker is a former spare, and nothing replaces it yet
+        assert wait_processes(master, 1 + SPARES) - {master_zygote(master)} == spares
         open_gate(gates, "prepare")
         watch.wait_status(rid, "running")
-        workers = wait_processes(master, 3) - {master_zygote(master)}
-        assert spare in workers  # held in run(), beside its replacement
+        workers = wait_processes(master, 2 + SPARES) - {master_zygote(master)}
+        assert spares < workers  # held in run(), beside its replacement
         open_gate(gates, "run")
         watch.wait_gone(rid)
 
 
 def test_a_run_without_a_spare_gets_one_at_once(master: Master, tmp_path: Path) -> None:
-    gates = [make_gates(tmp_path / f"gates{index}") for index in range(2)]
+    count = SPARES + 1  # one more run than spares, each in its own pipeline
+    gates = [make_gates(tmp_path / f"gates{index}") for index in range(count)]
     file = write_experiment(tmp_path, "gated.py", GATED)
-    wait_processes(master, 2)
+    wait_processes(master, 1 + SPARES)
     with ScheduleWatch(master) as watch:
-        first = submit(master, file, {"gates": str(gates[0])})
-        watch.wait_status(first, "preparing")
-        # another pipeline: its run must not wait for the first one's hand-over
-        second = submit(master, file, {"gates": str(gates[1])}, pipeline="other")
-        watch.wait_status(second, "preparing")
-        for run_gates in gates:
+        rids = []
+        for index, run_gates in enumerate(gates):
+            rids.append(submit(master, file, {"gates": str(run_gates)},
+                               pipeline=f"p{index}"))
+            watch.wait_status(rids[-1], "preparing")
+        # every spare is held in prepare(): the last run must not wait for them
+        for run_gates in reversed(gates):
             open_gate(run_gates, "prepare")
             open_gate(run_gates, "run")
-        watch.wait_gone(first)
-        watch.wait_gone(second)
+        for rid in rids:
+            watch.wait_gone(rid)
 
 
 def master_zygote(master: Master) -> int:

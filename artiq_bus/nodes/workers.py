@@ -78,7 +78,7 @@ class WorkerPool:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--worker-spares", type=int, default=1,
+        parser.add_argument("--worker-spares", type=int, default=2,
                             help="worker processes kept ready for the next run "
                                  "(default: %(default)s)")
 

@@ -335,8 +335,8 @@ def test_master_killed_with_runs_in_flight(tmp_path: Path) -> None:
         assert interrupted["expid"]["file"] == str(forever)
         assert interrupted["rid"] == 0
         assert interrupted["start_time"] <= interrupted["run_time"] < due
-        # (named after the file, not the class: the new master never saw the class)
-        assert results_file(tmp_path, 0).name.startswith("000000000-")
+        # named after the class, which the persisted schedule kept
+        assert results_file(tmp_path, 0).name == "000000000-Forever.h5"
         assert read_results(results_file(tmp_path, 1))["start_time"] >= due
     finally:
         code = second.stop()

@@ -270,6 +270,8 @@ def test_sigkill_master(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
             return h
     h = run(restart())
     assert sorted((r[0], r[4]) for r in h.results) == [(0, INTERRUPTED), (1, INTERRUPTED)]
+    # built before the crash: the results files are named after the class
+    assert h.class_names == {0: "Experiment0", 1: "Experiment1"}
     assert sorted(h.farm.workers) == [2, 3]
 
 

@@ -120,9 +120,10 @@ class FakeWorker:
         await self.farm.script_for(self.rid, stage)(self)
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
-                    expid: dict[str, Any], priority: int) -> None:
+                    expid: dict[str, Any], priority: int) -> str:
         self.calls.append(("build", rid, pipeline_name, wd, copy.deepcopy(expid), priority))
         await self._stage("build")
+        return f"Experiment{rid}"
 
     async def prepare(self) -> None:
         self.calls.append("prepare")
@@ -229,6 +230,7 @@ class Harness:
         self.farm = Farm()
         self.results: list[tuple[int, dict[str, Any], float, float, str]] = []
         self.results_written = Signal()
+        self.class_names: dict[int, str | None] = {}
         self.rid_counter = RIDCounter(tmp_path / "last_rid.pyon", tmp_path / "results")
         options.setdefault("persist_path", tmp_path / "schedule.sqlite")
         options.setdefault("results_writer", self._write_results)
@@ -236,8 +238,9 @@ class Harness:
         self.farm.scheduler, self.farm.schedule = self.scheduler, self.schedule
 
     def _write_results(self, rid: int, expid: dict[str, Any], start_time: float,
-                       run_time: float, outcome: str) -> None:
+                       run_time: float, outcome: str, class_name: str | None) -> None:
         self.results.append((rid, expid, start_time, run_time, outcome))
+        self.class_names[rid] = class_name
         self.results_written.notify()
 
     async def wait_results(self, count: int, timeout_s: float = 5.0) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import logging
 import math
 import time
@@ -33,11 +32,10 @@ __all__ = ["SchedulerNode", "SCHEDULER_SERVICE"]
 logger = logging.getLogger(__name__)
 
 SCHEDULER_SERVICE = "scheduler"
-_CLASS_NAMES_KEPT = 1000
 
 
 def _class_name(expid: dict[str, Any]) -> str:
-    """The name a results file gets when the worker could not tell the class."""
+    """The name a results file gets when the run was never built."""
     if expid.get("class_name"):
         return str(expid["class_name"]).rsplit(".", 1)[-1]
     if expid.get("file"):
@@ -59,8 +57,6 @@ class SchedulerNode:
         self._owners: list[StructOwner] = []
         self._host: ServiceHost | None = None
         self._interactive: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
-        #: Experiment class names of recent runs, for results files written for them.
-        self._class_names: collections.OrderedDict[int, str] = collections.OrderedDict()
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +75,7 @@ class SchedulerNode:
             await owner.start()
         repository = RepositoryClient(bus.client)  # checkouts of repository runs
         self._scheduler = Scheduler(
-            lambda rid: BusWorkerHandle(bus.client, rid, self._remember_class),
+            lambda rid: BusWorkerHandle(bus.client, rid),
             RIDCounter("last_rid.pyon", str(self._results)), schedule,
             log_submissions=self._log_submissions, persist_path=self._persist_path,
             results_writer=self._write_results,
@@ -185,17 +181,13 @@ class SchedulerNode:
 
     # -- results for runs whose worker could not write them ---------------------------
 
-    def _remember_class(self, rid: int, class_name: str) -> None:
-        self._class_names[rid] = class_name
-        if len(self._class_names) > _CLASS_NAMES_KEPT:
-            self._class_names.popitem(last=False)
-
     async def _write_results(self, rid: int, expid: dict[str, Any], start_time: float,
-                             run_time: float, outcome: str) -> None:
+                             run_time: float, outcome: str,
+                             class_name: str | None = None) -> None:
         if math.isnan(start_time):
             start_time = time.time()
-        class_name = self._class_names.pop(rid, None) or _class_name(expid)
-        path = results_path(self._results, start_time, rid, class_name)
+        path = results_path(self._results, start_time, rid,
+                            class_name or _class_name(expid))
         await asyncio.to_thread(
             write_results, path, rid=rid, start_time=start_time,
             run_time=None if math.isnan(run_time) else run_time, expid=expid, datasets={},

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 from typing import Any
 
 from ..client.aio import AsyncClient
@@ -40,10 +39,8 @@ _WRITES_RESULTS = frozenset({"run", "analyze"})
 class BusWorkerHandle:
     """One run's worker, reached through the broker."""
 
-    def __init__(self, client: AsyncClient, rid: int,
-                 on_built: Callable[[int, str], None] | None = None):
+    def __init__(self, client: AsyncClient, rid: int):
         self.exit_description: str | None = None
-        self._on_built = on_built
         self._client, self._rid = client, rid
         self._service: str | None = None
         self._pid: int | None = None
@@ -54,14 +51,13 @@ class BusWorkerHandle:
         self._watchdog_expired = False
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
-                    expid: dict[str, Any], priority: int) -> None:
+                    expid: dict[str, Any], priority: int) -> str | None:
         worker = await self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S)
         self._service, self._pid = worker["service"], worker["pid"]
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
         class_name = await self._stage("build", rid, pipeline_name, wd, expid, priority,
                                        timeout_s=BUILD_TIMEOUT_S)
-        if self._on_built is not None:
-            self._on_built(rid, class_name)
+        return class_name if isinstance(class_name, str) else None
 
     async def prepare(self) -> None:
         await self._stage("prepare")

@@ -50,8 +50,9 @@ T = TypeVar("T")
 #: Bound on a handle's close() (it terminates, then kills, within a few seconds).
 CLOSE_TIMEOUT_S = 15.0
 
-#: ``results_writer(rid, expid, start_time, run_time, outcome)``; may be async.
-ResultsWriter = Callable[[int, dict[str, Any], float, float, str], Awaitable[None] | None]
+#: ``results_writer(rid, expid, start_time, run_time, outcome, class_name)``; may be async.
+ResultsWriter = Callable[[int, dict[str, Any], float, float, str, str | None],
+                         Awaitable[None] | None]
 #: ``resolve_repository(expid) -> (wd, repo_msg, pinned_rev)``.
 RepositoryResolver = Callable[[dict[str, Any]], Awaitable[tuple[str, str | None, str]]]
 
@@ -286,6 +287,10 @@ class Scheduler:
         self._file.changed(run.rid)
         self._pipelines[run.pipeline].changed.notify()
 
+    def built(self, run: Run, class_name: str | None) -> None:
+        run.class_name = class_name
+        self._file.changed(run.rid)
+
     def worker_for(self, run: Run) -> WorkerHandle:
         if run.deleted.is_set():
             raise RunDeleted(run.rid)
@@ -385,7 +390,8 @@ class Scheduler:
             await _maybe_await(self._results_writer(
                 rid, record.get("expid") or {},
                 float("nan") if start_time is None else start_time,
-                float("nan") if run_time is None else run_time, outcome))
+                float("nan") if run_time is None else run_time, outcome,
+                record.get("class_name")))
         except Exception as exc:
             logger.error("RID %d: writing its results file (%s) failed: %s", rid, outcome,
                          describe(exc))

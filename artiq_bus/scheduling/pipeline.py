@@ -42,6 +42,8 @@ class StageHost(Protocol):
 
     def set_status(self, run: Run, status: RunStatus) -> None: ...
 
+    def built(self, run: Run, class_name: str | None) -> None: ...
+
     def finish(self, run: Run, reason: str) -> None:
         """Delete a run that is done with (analysed, or failed)."""
         ...
@@ -129,8 +131,8 @@ class Pipeline:
             run.start_time = time.time()
             self._host.set_status(run, RunStatus.preparing)
             worker = self._host.worker_for(run)
-            await self._host.call(run, worker.build(run.rid, self.name, run.wd, run.expid,
-                                                    run.priority))
+            self._host.built(run, await self._host.call(
+                run, worker.build(run.rid, self.name, run.wd, run.expid, run.priority)))
             await self._host.call(run, worker.prepare())
         except RunDeleted:
             return

@@ -21,7 +21,7 @@ RunKey = tuple[int, float, int]
 
 #: Keys of a persisted record.
 RECORD_FIELDS = ("pipeline", "expid", "priority", "due_date", "flush", "status", "repo_msg",
-                 "start_time", "run_time")
+                 "start_time", "run_time", "class_name")
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,6 +44,8 @@ class Run:
     #: Epoch time the build started / ``run()`` first started (None: not yet).
     start_time: float | None = None
     run_time: float | None = None
+    #: The experiment class's name once built (names a results file the engine writes).
+    class_name: str | None = None
     #: Set when deletion starts: every stage call on this run is abandoned.
     deleted: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -58,8 +60,9 @@ class Run:
                 "repo_msg": self.repo_msg}
 
     def record(self) -> dict[str, Any]:
-        """The persisted record: the entry plus the start and run times."""
-        return {**self.entry(), "start_time": self.start_time, "run_time": self.run_time}
+        """The persisted record: the entry plus the start and run times and the class."""
+        return {**self.entry(), "start_time": self.start_time, "run_time": self.run_time,
+                "class_name": self.class_name}
 
     @classmethod
     def from_record(cls, rid: int, record: dict[str, Any]) -> Run:

@@ -56,8 +56,9 @@ class WorkerHandle(Protocol):
     exit_description: str | None
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
-                    expid: dict[str, Any], priority: int) -> None:
-        """Start the process (if not yet), import the experiment and run ``build()``."""
+                    expid: dict[str, Any], priority: int) -> str | None:
+        """Start the process (if not yet), import the experiment and run ``build()``;
+        the experiment class's name (None if unknown)."""
         ...
 
     async def prepare(self) -> None:

@@ -146,7 +146,7 @@ class Waiting(EnvExperiment):
 
 def test_revision_in_use_while_head_moves_on(tmp_path: Path) -> None:
     env = git_env(tmp_path)
-    work, bare = tmp_path / "work", tmp_path / "repository"
+    work = tmp_path / "work"
     work.mkdir()
     sh("git init --bare repository && cd work && git init && "
        "git remote add origin ../repository", tmp_path, env)

@@ -375,3 +375,25 @@ def test_pause_for_higher_priority(master: Master, tmp_path: Path) -> None:
     assert "print:background resumed" not in output
     assert read_results(results_file(tmp_path, low))["outcome"] == "completed"
     assert read_results(results_file(tmp_path, high))["outcome"] == "completed"
+
+
+def test_deleting_a_paused_run_writes_no_results(master: Master, tmp_path: Path) -> None:
+    """``delete`` of a run waiting in ``pause()``: it ends at once, its ``except
+    TerminationRequested``/``except Exception`` blocks do not run, and it gets no
+    results file (ARTIQ: deletion before analyze leaves none); the master goes on."""
+    file = write_experiment(tmp_path, "priorities.py", PRIORITIES)
+    with ScheduleWatch(master) as watch:
+        low = submit(master, file, class_name="Background")
+        master.wait_for_line(printed(low, "priorities.py", "background running"))
+        high = submit(master, file, priority=5, class_name="Important")
+        assert watch.wait_status(high, "running")[low]["status"] == "paused"
+        call(master, "delete", low)
+        watch.wait_gone(low)
+        call(master, "request_termination", high)
+        watch.wait_gone(high)
+    assert watch.statuses(low) == [*NORMAL_RUN[:4], "paused", "deleting", DELETED]
+    assert results_files(tmp_path, low) == []
+    output = master.output()
+    assert "background terminated" not in output
+    assert "ERROR" not in output, output
+    assert read_results(results_file(tmp_path, high))["outcome"] == "completed"

@@ -13,6 +13,7 @@ import pytest
 
 from artiq_bus.protocol import updates
 from artiq_bus.scheduling import PauseNotAllowed, RIDNotFound
+from artiq_bus.scheduling.errors import RunDeleted
 
 from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, run, wait_for,
                                     yielding)
@@ -150,7 +151,7 @@ def test_pause_outside_run_is_refused(tmp_path: Path) -> None:
 
 def test_pause_request_from_the_service_side(tmp_path: Path) -> None:
     """As the scheduler service would: pause() awaited in a task of its own, not in the
-    worker's run; deleting the paused run answers the request with True."""
+    worker's run; deleting the paused run answers the request with RunDeleted."""
     async def main() -> None:
         async with Harness(tmp_path) as h:
             h.farm.on(0, "run", forever())
@@ -169,5 +170,6 @@ def test_pause_request_from_the_service_side(tmp_path: Path) -> None:
             with pytest.raises(PauseNotAllowed):  # not running any more
                 await h.scheduler.pause(rid)
             h.scheduler.delete(rid)
-            assert await second is True
+            with pytest.raises(RunDeleted):
+                await second
     run(main())

@@ -21,6 +21,7 @@ import pytest
 from artiq_bus.protocol import apply_update, updates
 from artiq_bus.scheduling import (PauseGate, PauseNotAllowed, RIDCounter, Scheduler,
                                   WorkerError)
+from artiq_bus.scheduling.errors import RunDeleted
 from artiq_bus.scheduling.tasks import Signal
 
 Script = Callable[["FakeWorker"], Awaitable[None]]
@@ -314,15 +315,17 @@ def test_gate_stage_exception_propagates() -> None:
     run(main())
 
 
-def test_gate_close_answers_true_now_and_later() -> None:
+def test_gate_close_answers_run_deleted_now_and_later() -> None:
     async def main() -> None:
         gate = PauseGate()
         end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         request = asyncio.create_task(gate.request())
         assert await gate.stage(end) is False
         gate.close()
-        assert await request is True
-        assert await gate.request() is True
+        with pytest.raises(RunDeleted):
+            await request
+        with pytest.raises(RunDeleted):
+            await gate.request()
     run(main())
 
 

@@ -98,5 +98,6 @@ class RIDNotFound(SchedulerError, KeyError):
 
 
 class RunDeleted(Exception):
-    """Internal: the run a stage was working on was deleted meanwhile; the stage drops
-    it silently (ARTIQ: "a deleted run never raises")."""
+    """The run was deleted meanwhile: a stage drops it silently (ARTIQ: "a deleted run
+    never raises"); a waiting ``pause()`` gets it as its answer (by this name, over
+    the wire), and the experiment stops without a results file."""

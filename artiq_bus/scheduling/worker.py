@@ -44,7 +44,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import PauseNotAllowed
+from .errors import PauseNotAllowed, RunDeleted
 
 __all__ = ["WorkerHandle", "WorkerFactory", "PauseGate"]
 
@@ -106,9 +106,10 @@ class PauseGate:
         return self._answer is not None
 
     async def request(self) -> bool:
-        """A pause request: returns the termination flag once answered."""
+        """A pause request: returns the termination flag once answered; raises
+        :class:`RunDeleted` once the run is being deleted."""
         if self._closed:
-            return True
+            raise RunDeleted("the run is being deleted")
         if self._answer is not None:
             raise PauseNotAllowed("a pause request of this run is already waiting")
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -144,6 +145,11 @@ class PauseGate:
             answer.set_result(termination_requested)
 
     def close(self) -> None:
-        """The worker is going away: a waiting request (and any later one) gets True."""
+        """The run is being deleted: a waiting request (and any later one) raises
+        :class:`RunDeleted`, so that the experiment stops without a results file, as
+        ARTIQ's (its worker is terminated while it waits)."""
         self._closed = True
-        self.answer(True)
+        answer, self._answer = self._answer, None
+        self._arrived.clear()
+        if answer is not None and not answer.done():
+            answer.set_exception(RunDeleted("the run is being deleted"))

@@ -11,8 +11,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..language.core import TerminationRequested
-from ..protocol import (VERSION, BusError, EncodeError, NoSuchService, msgpack_array_header,
-                        pack, stream_topic, top_key)
+from ..protocol import (VERSION, BusError, EncodeError, NoSuchService, RemoteError,
+                        msgpack_array_header, pack, stream_topic, top_key)
+from .errors import RunDeletedWhilePaused
 
 if TYPE_CHECKING:
     from .process import WorkerBus
@@ -21,6 +22,8 @@ __all__ = ["BusScheduler", "BusCCB", "BusDatasetBackend", "WAIT_FOREVER_S"]
 
 logger = logging.getLogger(__name__)
 
+#: The scheduler's answer to pause() when the run is being deleted (its error's name).
+_RUN_DELETED = "RunDeleted"
 #: Calls that wait for a person or for other runs (pause, interactive arguments).
 WAIT_FOREVER_S = 30 * 24 * 3600.0
 #: While a run streams dataset updates, its bus thread sends them this often: the first
@@ -44,7 +47,14 @@ class BusScheduler:
 
     def pause(self) -> None:
         """Let more important runs go first; raises TerminationRequested if asked to stop."""
-        if self._bus.call("scheduler", "pause", self.rid, timeout_s=WAIT_FOREVER_S):
+        try:
+            terminate = self._bus.call("scheduler", "pause", self.rid,
+                                       timeout_s=WAIT_FOREVER_S)
+        except RemoteError as exc:
+            if exc.remote_type == _RUN_DELETED:
+                raise RunDeletedWhilePaused(f"RID {self.rid} was deleted") from None
+            raise
+        if terminate:
             raise TerminationRequested
 
     def check_pause(self, rid: int | None = None) -> bool:

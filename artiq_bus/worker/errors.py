@@ -7,6 +7,8 @@
           ├── DeviceError               a device could not be created
           │    └── ControllerUnsupported  controllers have no client yet
           └── InteractiveUnavailable    no one to ask for interactive arguments
+    BaseException
+     └── RunDeletedWhilePaused          unwinds the experiment; no results file
 
 Errors the experiment API defines for users (``DefaultMissing``,
 ``CancelledArgsError``, ...) live in :mod:`artiq_bus.language.errors`.
@@ -14,7 +16,8 @@ Errors the experiment API defines for users (``DefaultMissing``,
 
 from __future__ import annotations
 
-__all__ = ["WorkerError", "DeviceError", "ControllerUnsupported", "InteractiveUnavailable"]
+__all__ = ["WorkerError", "DeviceError", "ControllerUnsupported", "InteractiveUnavailable",
+           "RunDeletedWhilePaused"]
 
 
 class WorkerError(Exception):
@@ -31,3 +34,9 @@ class ControllerUnsupported(DeviceError):
 
 class InteractiveUnavailable(WorkerError):
     """Interactive arguments were requested where no user can be asked."""
+
+
+class RunDeletedWhilePaused(BaseException):
+    """The run was deleted while ``scheduler.pause()`` waited: the experiment unwinds
+    (a BaseException, so that ``except Exception`` in user code does not stop it) and
+    no results file is written, as in ARTIQ."""

@@ -20,6 +20,7 @@ from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
 from .compat import install_artiq_compat
 from .datasets import DatasetManager
 from .devices import DeviceDB, DeviceManager
+from .errors import RunDeletedWhilePaused
 from .examine import examine_file
 from .results import results_dir, results_path, write_results
 from .tools import file_import, get_experiment
@@ -117,6 +118,8 @@ class ExperimentRunner:
             self._experiment.run()
             assert self._devices is not None
             self._devices.notify_run_end()
+        except RunDeletedWhilePaused:
+            raise  # deleted: no results file (ARTIQ)
         except BaseException as exc:
             self.write_results(f"error: {_describe(exc)}")
             raise

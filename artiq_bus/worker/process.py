@@ -30,6 +30,7 @@ from ..net import BusAddress, CurveClient
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
 from ..runtime.service import rpc, rpc_methods
+from .errors import RunDeletedWhilePaused
 
 __all__ = ["main", "WorkerBus"]
 
@@ -229,6 +230,9 @@ def main(config: dict[str, Any]) -> int:
         result = None
         try:
             result = function()
+        except RunDeletedWhilePaused as exc:
+            logger.info("%s() stopped: %s while paused", name, exc)
+            error = exc
         except BaseException as exc:
             # The experiment's own traceback, for its author, under its run's source.
             logger.error("%s() failed:\n%s", name, user_traceback(exc))

@@ -227,8 +227,9 @@ def test_worker_deaths(master: Master, tmp_path: Path) -> None:
         watch.wait_gone(last)
         for rid, (outcome, cause) in zip(rids, cases.values()):
             watch.wait_gone(rid)
-            wait_for_output(master, f"^ERROR:master:.*got worker exception in run stage, "
-                                    f"deleting RID {rid}: .*{cause}")
+            line = wait_for_output(master, f"^ERROR:master:.*got worker exception in run "
+                                           f"stage, deleting RID {rid}: .*{cause}")
+            assert len(re.findall(cause, line)) == 1, line  # the cause, said once
             wait_for_output(master, results_written(rid))
             assert read_results(results_file(tmp_path, rid))["outcome"] == outcome
             assert watch.statuses(rid) == [*NORMAL_RUN[:4], "deleting", DELETED]

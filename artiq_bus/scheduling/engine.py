@@ -320,8 +320,10 @@ class Scheduler:
         exit_description = run.worker.exit_description if run.worker is not None else None
         where = (f"analyze stage of RID {run.rid}" if stage is Stage.analyze
                  else f"{stage.value} stage, deleting RID {run.rid}")
-        logger.error("got worker exception in %s: %s%s", where, describe(exc),
-                     f" (worker: {exit_description})" if exit_description else "",
+        told = describe(exc)
+        if exit_description and exit_description not in told:  # say how, once
+            told += f" (worker: {exit_description})"
+        logger.error("got worker exception in %s: %s", where, told,
                      exc_info=None if isinstance(exc, WorkerError) else exc)
         if needs_results(stage, exc):
             outcome = failure_outcome(exc, exit_description)

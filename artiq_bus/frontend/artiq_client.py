@@ -7,9 +7,6 @@ Subcommands arrive with the services they use; each is one small ``_action_*`` f
 from __future__ import annotations
 
 import argparse
-import asyncio
-import datetime
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,19 +14,12 @@ from typing import Any
 import dateutil.parser
 
 from .. import pyon
-from ..client.aio import AsyncClient
-from ..client.subscriber import Subscriber
 from ..client.sync import Client
 from ..net import BusAddress
-from ..protocol import (
-    DeadlineExceeded,
-    RemoteError,
-    Unavailable,
-    stream_topic,
-    unpack,
-)
+from ..protocol import DeadlineExceeded, RemoteError, Unavailable
 from .common import (
     ExitCode,
+    VALUE_SYNTAX,
     UsageError,
     add_client_security,
     add_server,
@@ -42,8 +32,9 @@ from .common import (
     parse_arguments,
     reporting_errors,
 )
-from .dataset_commands import add_dataset_commands, show_datasets
+from .dataset_commands import add_dataset_commands
 from .repository_commands import add_repository_commands
+from .show_commands import add_show_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -74,14 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     terminate = commands.add_parser("terminate", help="stop the master")
     terminate.set_defaults(func=_action_terminate)
 
-    show = commands.add_parser("show", help="show the master's state or follow a stream")
-    show.add_argument("what", choices=["log", "datasets"], help="what to show")
-    show.set_defaults(func=_action_show)
+    add_show_commands(commands)
     return parser
 
 
 def _add_submit(commands: Any) -> None:
-    submit = commands.add_parser("submit", help="submit an experiment")
+    submit = commands.add_parser("submit", help="submit an experiment", epilog=VALUE_SYNTAX)
     submit.add_argument("-p", "--pipeline", default="main",
                         help="pipeline to run the experiment in (default: %(default)s)")
     submit.add_argument("-P", "--priority", default=0, type=int,
@@ -202,55 +191,6 @@ def _action_delete(session: Session) -> None:
 
 def _action_terminate(session: Session) -> None:
     session.call("master", "terminate")
-
-
-def _format_log(record: dict[str, Any]) -> str:
-    when = datetime.datetime.fromtimestamp(record["time"]).strftime("%m/%d %H:%M:%S")
-    level = logging.getLevelName(record["level"])
-    return f"{level:<8} {record['source']:<24} {when} {record['message']}"
-
-
-async def _follow_log(session: Session) -> None:
-    address = session.full_address()
-    client = AsyncClient(address, curve=session.curve)
-    subscriber = Subscriber(address.notify, curve=session.curve)
-    last_seq = 0
-    backlog_done = False
-    early: list[list[Any]] = []
-
-    def on_items(frames: list[Any]) -> None:
-        nonlocal last_seq
-        if not backlog_done:
-            early.append(frames)
-            return
-        _epoch, first, items = unpack(frames[2].buffer, frames[3:])
-        for offset, record in enumerate(items):
-            if first + offset > last_seq:
-                print(_format_log(record), flush=True)
-        last_seq = max(last_seq, first + len(items) - 1)
-
-    async with client:
-        await subscriber.start()
-        try:
-            subscriber.subscribe(stream_topic("log"), on_items)
-            await subscriber.sync()
-            backlog = await client.call("log", "backlog")
-            for record in backlog["records"]:
-                print(_format_log(record), flush=True)
-            last_seq, backlog_done = backlog["seq"], True
-            for frames in early:
-                on_items(frames)
-            await asyncio.Event().wait()  # until Ctrl-C
-        finally:
-            await subscriber.stop()
-
-
-def _action_show(session: Session) -> None:
-    session.info()
-    if session.args.what == "log":
-        asyncio.run(_follow_log(session))
-    elif session.args.what == "datasets":
-        show_datasets(session)
 
 
 def _run(action: Callable[[Session], None], args: argparse.Namespace) -> None:

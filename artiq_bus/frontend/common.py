@@ -18,7 +18,7 @@ from ..net.errors import NetError
 from ..nodes.errors import NodeConfigError
 from ..protocol import BusError, Unavailable
 
-__all__ = ["CommandError", "UsageError", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "add_client_security",
+__all__ = ["CommandError", "UsageError", "VALUE_SYNTAX", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "add_client_security",
            "curve_client_from_args", "add_version", "fail", "add_server",
            "address_from_args", "reporting_errors"]
 
@@ -43,6 +43,12 @@ class UsageError(CommandError):
     """The command line names something unusable: a file, a class, an argument."""
 
     code = ExitCode.USAGE
+
+
+#: The ``--help`` text on ``KEY=VALUE`` arguments.
+VALUE_SYNTAX = ("KEY=VALUE: VALUE is a Python literal or JSON (PYON): 3, 1.5e-3, True, "
+                "None, \"text\", [1, 2], {\"a\": 1}, (1, 2). Quote it for the shell: "
+                "word='\"hello\"'.")
 
 
 def parse_arguments(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:

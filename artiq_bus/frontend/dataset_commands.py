@@ -16,11 +16,12 @@ import numpy as np
 from .. import pyon
 from ..language.units import UNITS
 from .common import UsageError
+from .tables import format_table
 
 if TYPE_CHECKING:
     from .artiq_client import Session
 
-__all__ = ["add_dataset_commands", "show_datasets", "short_format", "scale_from_metadata"]
+__all__ = ["add_dataset_commands", "format_datasets", "short_format", "scale_from_metadata"]
 
 #: Strings longer than this are elided in the table.
 STRING_WIDTH = 50
@@ -124,16 +125,6 @@ def short_format(value: Any, metadata: dict[str, Any] | None = None) -> str:
 
 def format_datasets(struct: dict[str, Any]) -> str:
     """ARTIQ's table: Dataset, Persistent (Y/N), Value."""
-    rows = [(key, "Y" if persist else "N", short_format(value, metadata))
-            for key, (persist, value, metadata) in sorted(struct.items())]
-    header = ("Dataset", "Persistent", "Value")
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in (header, *rows)]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def show_datasets(session: "Session") -> None:
-    snapshot = session.call("datasets", "snapshot", "datasets", "")
-    print(format_datasets(snapshot["struct"]), flush=True)
+    return format_table(("Dataset", "Persistent", "Value"),
+                        [(key, "Y" if persist else "N", short_format(value, metadata))
+                         for key, (persist, value, metadata) in sorted(struct.items())])

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
+from artiq_bus.rpc import ControllerUnavailable
 from artiq_bus.worker import (ControllerUnsupported, DeviceDB, DeviceError, DeviceManager,
-                              DummyDevice)
+                              DummyDevice, unsupported_controller)
+
+from conftest import free_port
 
 DEVICE_MODULE = """\
 CLOSED = []
@@ -204,10 +207,18 @@ CONTROLLERS = {
 }
 
 
-def test_controllers_without_factory_are_a_clear_error() -> None:
-    dmgr = DeviceManager(DeviceDB.from_dict(CONTROLLERS))
-    with pytest.raises(DeviceError, match="controller support arrives with the "
-                                          "controller issue") as info:
+def test_a_controller_that_is_not_running_is_a_clear_error() -> None:
+    port = free_port()
+    dmgr = DeviceManager(DeviceDB.from_dict({"ctl": {**CONTROLLERS["ctl"], "port": port}}))
+    with pytest.raises(DeviceError, match=f"no controller at ::1 port {port}") as info:
+        dmgr.get("ctl")
+    assert isinstance(info.value.__cause__, ControllerUnavailable)
+
+
+def test_unsupported_controller_factory_is_a_clear_error() -> None:
+    dmgr = DeviceManager(DeviceDB.from_dict(CONTROLLERS),
+                         controller_factory=unsupported_controller)
+    with pytest.raises(DeviceError, match="controllers cannot be used here") as info:
         dmgr.get("ctl")
     assert isinstance(info.value.__cause__, ControllerUnsupported)
 

@@ -30,7 +30,7 @@ from .errors import ControllerUnsupported, DeviceError
 from .tools import file_import, forget_new_modules
 
 __all__ = ["DeviceType", "DeviceDB", "DummyDevice", "ActiveDevice", "DeviceManager",
-           "ControllerFactory", "unsupported_controller"]
+           "ControllerFactory", "unsupported_controller", "rpc_controller"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,19 @@ class DummyDevice:
 
 
 def unsupported_controller(desc: dict[str, Any]) -> Any:
-    """The default controller factory: there is no controller client yet."""
-    raise ControllerUnsupported("controller support arrives with the controller issue")
+    """A controller factory for places where controllers must not be reached."""
+    raise ControllerUnsupported("controllers cannot be used here")
+
+
+def rpc_controller(desc: dict[str, Any]) -> Any:
+    """The default controller factory: a client of the controller at the entry's
+    ``host``/``port`` (``BestEffortClient`` when ``best_effort``), closed with the run.
+    A missing or ``None`` ``target_name`` selects the controller's only target."""
+    from ..rpc import AutoTarget, BestEffortClient, Client  # not in the zygote's imports
+    target = desc.get("target_name") or AutoTarget
+    if desc.get("best_effort"):
+        return BestEffortClient(desc["host"], desc["port"], target)
+    return Client(desc["host"], desc["port"], target)
 
 
 @dataclass
@@ -120,7 +131,7 @@ class DeviceManager:
 
     def __init__(self, ddb: DeviceDB, virtual_devices: Mapping[str, Any] | None = None,
                  devarg_override: Mapping[str, Mapping[str, Any]] | None = None,
-                 controller_factory: ControllerFactory = unsupported_controller) -> None:
+                 controller_factory: ControllerFactory = rpc_controller) -> None:
         self.ddb = ddb
         self.virtual_devices = dict(virtual_devices or {})
         self.devarg_override = {k: dict(v) for k, v in (devarg_override or {}).items()}

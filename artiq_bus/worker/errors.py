@@ -5,7 +5,7 @@
     Exception
      └── WorkerError
           ├── DeviceError               a device could not be created
-          │    └── ControllerUnsupported  controllers have no client yet
+          │    └── ControllerUnsupported  controllers cannot be used here
           └── InteractiveUnavailable    no one to ask for interactive arguments
     BaseException
      └── RunDeletedWhilePaused          unwinds the experiment; no results file
@@ -29,7 +29,7 @@ class DeviceError(WorkerError):
 
 
 class ControllerUnsupported(DeviceError):
-    """A ``controller`` entry was requested but no controller client is installed."""
+    """A ``controller`` entry was requested where controllers cannot be used."""
 
 
 class InteractiveUnavailable(WorkerError):

@@ -4,11 +4,14 @@ spare gets one at once.  Real master, zygote and worker processes, seen in /proc
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import Master
+from helpers import bus_client
 from helpers.runs import ScheduleWatch, descendants, submit, write_experiment
 
 #: The master's default number of spare workers.
@@ -112,3 +115,20 @@ def master_zygote(master: Master) -> int:
     children = Path(f"/proc/{master.popen.pid}/task/{master.popen.pid}/children")
     [zygote] = (int(pid) for pid in children.read_text().split())
     return zygote
+
+
+def test_parallel_acquires_each_get_a_worker(master: Master) -> None:
+    """Workers acquired all at once and held (as a repository scan holds its
+    examiners, which never reach run()): each acquire gets a worker of its own."""
+    count = SPARES + 3
+
+    async def acquire_all() -> list[dict[str, Any]]:
+        async with bus_client(master) as (_, client, _subscriber):
+            workers = await asyncio.gather(*(
+                client.call("workers", "acquire", timeout_s=30.0) for _ in range(count)))
+            for worker in workers:
+                client.send(worker["service"], "terminate")
+            return list(workers)
+    workers = asyncio.run(acquire_all())
+    assert len({worker["pid"] for worker in workers}) == count
+    wait_processes(master, 1 + SPARES)  # the held ones gone, the spares back

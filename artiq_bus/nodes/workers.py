@@ -6,10 +6,11 @@ has imported everything once.  Each spare connects to the broker, registers a se
 ``worker.<id>`` and tells the pool it is ready; ``acquire`` hands one out.  Its
 replacement is forked once the hand-over is over — when the worker says it is
 ``running`` (its ``run()`` starts) or it ends — because starting a worker costs
-milliseconds of CPU that would otherwise slow the very hand-over it prepares for; an
-``acquire`` that finds no spare ready or starting forks one at once.  The zygote reports every exit, so the pool can say how a worker died
-(``signal 9``, ``exit code 1``).  When the master goes, the zygote sees its stdin close
-and kills every worker: no orphans.
+milliseconds of CPU that would otherwise slow the very hand-over it prepares for.  An
+``acquire`` that finds no spare ready gets a worker forked for it at once (unless one
+already starting is free for it).  The zygote reports every exit, so the pool can say
+how a worker died (``signal 9``, ``exit code 1``).  When the master goes, the zygote
+sees its stdin close and kills every worker: no orphans.
 
 Service ``workers``: ``acquire()``, ``ready(service, pid)`` and ``running(pid)`` (one-way,
 from workers), ``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
@@ -72,6 +73,8 @@ class WorkerPool:
         self._starting = 0
         #: Workers handed out whose replacement waits for the end of their hand-over.
         self._handing_over: set[int] = set()
+        self._waiting = 0  # acquire() calls that found no worker ready
+        self._reported_ready: set[int] = set()  # living workers that said "ready"
         self._exits: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._exit_waiters: dict[int, list[asyncio.Future[str]]] = {}
         self._alive: set[int] = set()
@@ -114,9 +117,10 @@ class WorkerPool:
         self._zygote.stdin.write(json.dumps(command).encode() + b"\n")
 
     def _top_up(self) -> None:
-        """Fork workers until enough are ready, starting, or owed to a hand-over."""
-        while (self._ready.qsize() + self._starting + len(self._handing_over)
-               < self._spares_wanted):
+        """Fork workers until those ready or starting cover every waiting ``acquire``
+        and the spares not owed to a hand-over in progress."""
+        spares = max(0, self._spares_wanted - len(self._handing_over))
+        while self._ready.qsize() + self._starting < self._waiting + spares:
             self._spawn()
 
     def _spawn(self) -> None:
@@ -150,7 +154,12 @@ class WorkerPool:
     def _on_exit(self, pid: int, status: int) -> None:
         description = describe_status(status)
         self._alive.discard(pid)
-        self._handed_over(pid)
+        if pid in self._reported_ready:
+            self._reported_ready.discard(pid)
+            self._handed_over(pid)
+        else:  # died while starting: what it was started for still needs a worker
+            self._starting = max(0, self._starting - 1)
+            self._top_up()
         self._exits[pid] = description
         if len(self._exits) > _EXITS_KEPT:
             self._exits.popitem(last=False)
@@ -164,10 +173,12 @@ class WorkerPool:
     @rpc
     def ready(self, service: str, pid: int) -> None:
         """A new worker is registered and waits for a run (one-way, from the worker)."""
+        if pid in self._exits:  # already gone (and counted as such)
+            return
         self._starting = max(0, self._starting - 1)
-        if pid not in self._exits:  # "ready" may overtake the zygote's "spawned"
-            self._alive.add(pid)
-            self._ready.put_nowait({"service": service, "pid": pid})
+        self._reported_ready.add(pid)
+        self._alive.add(pid)  # "ready" may overtake the zygote's "spawned"
+        self._ready.put_nowait({"service": service, "pid": pid})
 
     @rpc
     def running(self, pid: int) -> None:
@@ -176,15 +187,25 @@ class WorkerPool:
 
     @rpc
     async def acquire(self) -> dict[str, Any]:
-        """A ready worker, ``{"service", "pid"}``, for one run (see the module doc for
-        when its replacement is forked)."""
+        """A ready worker, ``{"service", "pid"}``, for one run or scan (see the module
+        doc for when its replacement is forked)."""
         while True:
-            if self._ready.empty() and self._starting == 0:
-                self._spawn()  # nothing on its way: waiting for hand-overs could be long
-            worker = await self._ready.get()
+            if self._ready.empty():
+                worker = await self._wait_for_worker()
+            else:
+                worker = self._ready.get_nowait()
             if worker["pid"] in self._alive:
                 self._handing_over.add(worker["pid"])
                 return worker
+
+    async def _wait_for_worker(self) -> dict[str, Any]:
+        """The next ready worker; one is forked for each waiter that none covers."""
+        self._waiting += 1
+        try:
+            self._top_up()
+            return await self._ready.get()
+        finally:
+            self._waiting -= 1
 
     @rpc
     def signal(self, pid: int, signum: int) -> None:

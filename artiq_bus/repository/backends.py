@@ -138,10 +138,10 @@ class GitBackend:
 
     def __init__(self, root: str | os.PathLike[str]):
         try:
-            import pygit2  # only the Git backend needs it
+            import pygit2  # only the Git backend needs it: imported when used
         except ImportError:
-            raise RepositoryConfigError("the Git backend (-g) needs pygit2: "
-                                        "pip install 'artiq_bus[git]'") from None
+            raise RepositoryConfigError("the Git backend (-g) needs pygit2, which "
+                                        "artiq_bus installs: pip install pygit2") from None
 
         self._pygit2 = pygit2
         self.root = str(Path(root).absolute())

@@ -4,10 +4,12 @@ quietly on Ctrl-C; bad input gets one line and a non-zero exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import Master, Process, run_cli
@@ -50,9 +52,15 @@ class Plot(EnvExperiment):
 '''
 
 
-def show(master: Master, tmp_path: Path, what: str) -> Process:
-    return Process([sys.executable, "-m", "artiq_bus.frontend.artiq_client",
+@contextlib.contextmanager
+def show(master: Master, tmp_path: Path, what: str) -> Iterator[Process]:
+    """``artiq_client show WHAT``, killed at the end if the test did not end it."""
+    view = Process([sys.executable, "-m", "artiq_bus.frontend.artiq_client",
                     *client_args(master), "show", what], tmp_path)
+    try:
+        yield view
+    finally:
+        view.stop()
 
 
 def interrupt(view: Process) -> str:
@@ -71,17 +79,17 @@ def client(master: Master, *argv: str) -> tuple[int, str, str]:
 
 def test_show_schedule_redraws(master: Master, tmp_path: Path) -> None:
     file = write_experiment(tmp_path, "ask.py", ASK)
-    view = show(master, tmp_path, "schedule")
-    view.wait_for_line(r"^RID\s+Pipeline\s+Status\s+Prio\s+Due date\s+Revision\s+File\s+"
-                       r"Class name$")
-    rid = submit(master, file, due_date=FAR, priority=3, pipeline="later")
-    when = time.strftime("%m/%d %H:%M:%S", time.localtime(FAR))
-    view.wait_for_line(rf"^{rid}\s+later\s+pending\s+3\s+{when}\s+Outside repo\.\s+"
-                       rf"{re.escape(str(file))}$")
-    assert client(master, "delete", str(rid))[0] == 0
-    other = submit(master, file, due_date=FAR, pipeline="later")  # after the deletion
-    view.wait_for_line(rf"^{other}\s+later\s+pending")
-    last_table = interrupt(view).rsplit("Class name", 1)[1].splitlines()
+    with show(master, tmp_path, "schedule") as view:
+        view.wait_for_line(r"^RID\s+Pipeline\s+Status\s+Prio\s+Due date\s+Revision\s+File\s+"
+                           r"Class name$")
+        rid = submit(master, file, due_date=FAR, priority=3, pipeline="later")
+        when = time.strftime("%m/%d %H:%M:%S", time.localtime(FAR))
+        view.wait_for_line(rf"^{rid}\s+later\s+pending\s+3\s+{when}\s+Outside repo\.\s+"
+                           rf"{re.escape(str(file))}$")
+        assert client(master, "delete", str(rid))[0] == 0
+        other = submit(master, file, due_date=FAR, pipeline="later")  # after the deletion
+        view.wait_for_line(rf"^{other}\s+later\s+pending")
+        last_table = interrupt(view).rsplit("Class name", 1)[1].splitlines()
     assert [line.split()[0] for line in last_table[2:]] == [str(other)], last_table
 
 
@@ -91,41 +99,41 @@ def test_show_devices(tmp_path: Path) -> None:
         '             "light": "led"}\n')
     master = Master(tmp_path).wait_ready()
     try:
-        view = show(master, tmp_path, "devices")
-        view.wait_for_line(r"^Name\s+Description$")
-        view.wait_for_line(r"^led\s+\{'class': 'C', 'module': 'm', 'type': 'local'\}$")
-        view.wait_for_line(r"^light\s+'led'$")
-        interrupt(view)
+        with show(master, tmp_path, "devices") as view:
+            view.wait_for_line(r"^Name\s+Description$")
+            view.wait_for_line(r"^led\s+\{'class': 'C', 'module': 'm', 'type': 'local'\}$")
+            view.wait_for_line(r"^light\s+'led'$")
+            interrupt(view)
     finally:
         assert master.stop() == 0
 
 
 def test_show_datasets(master: Master, tmp_path: Path) -> None:
-    datasets = show(master, tmp_path, "datasets")
-    datasets.wait_for_line(r"^Dataset\s+Persistent\s+Value$")
-    assert client(master, "set-dataset", "--unit", "ms", "scan.delay", "0.0125")[0] == 0
-    datasets.wait_for_line(r"^scan\.delay\s+N\s+0\.0125 ms$")  # stored in s
-    assert client(master, "del-dataset", "scan.delay")[0] == 0
-    datasets.wait_for_line(r"^Dataset\s+Persistent\s+Value$")
-    assert "scan.delay" not in interrupt(datasets).split("Dataset")[-1]
+    with show(master, tmp_path, "datasets") as datasets:
+        datasets.wait_for_line(r"^Dataset\s+Persistent\s+Value$")
+        assert client(master, "set-dataset", "--unit", "ms", "scan.delay", "0.0125")[0] == 0
+        datasets.wait_for_line(r"^scan\.delay\s+N\s+0\.0125 ms$")  # stored in s
+        assert client(master, "del-dataset", "scan.delay")[0] == 0
+        datasets.wait_for_line(r"^Dataset\s+Persistent\s+Value$")
+        assert "scan.delay" not in interrupt(datasets).split("Dataset")[-1]
 
 
 def test_interactive_arguments_from_the_command_line(master: Master, tmp_path: Path) -> None:
     file = write_experiment(tmp_path, "ask.py", ASK)
-    view = show(master, tmp_path, "interactive-args")
-    view.wait_for_line(r"^RID\s+Title\s+Key\s+Type\s+Group\s+Tooltip$")
-    rid = submit(master, file)
-    view.wait_for_line(rf"^{rid}\s+Repeat\?\s+count\s+NumberValue\s+loop\s+how often$")
+    with show(master, tmp_path, "interactive-args") as view:
+        view.wait_for_line(r"^RID\s+Title\s+Key\s+Type\s+Group\s+Tooltip$")
+        rid = submit(master, file)
+        view.wait_for_line(rf"^{rid}\s+Repeat\?\s+count\s+NumberValue\s+loop\s+how often$")
 
-    code, _, stderr = client(master, "supply-interactive", str(rid), "count=2")
-    assert code != 0 and stderr.count("\n") == 1 and "word" in stderr, stderr
-    code, _, stderr = client(master, "supply-interactive", str(rid), "count=two")
-    assert code != 0 and stderr.count("\n") == 1 and "PYON" in stderr, stderr
-    code, _, stderr = client(master, "supply-interactive", str(rid), "count=2", 'word="ho"')
-    assert code == 0, stderr
-    master.wait_for_line(r"print:said ho")
-    view.wait_for_line(r"^RID\s+Title")  # the request is gone
-    interrupt(view)
+        code, _, stderr = client(master, "supply-interactive", str(rid), "count=2")
+        assert code != 0 and stderr.count("\n") == 1 and "word" in stderr, stderr
+        code, _, stderr = client(master, "supply-interactive", str(rid), "count=two")
+        assert code != 0 and stderr.count("\n") == 1 and "PYON" in stderr, stderr
+        code, _, stderr = client(master, "supply-interactive", str(rid), "count=2", 'word="ho"')
+        assert code == 0, stderr
+        master.wait_for_line(r"print:said ho")
+        view.wait_for_line(r"^RID\s+Title")  # the request is gone
+        interrupt(view)
 
     rid = submit(master, file)
     deadline = time.monotonic() + 15.0
@@ -139,12 +147,12 @@ def test_interactive_arguments_from_the_command_line(master: Master, tmp_path: P
 
 
 def test_show_ccb(master: Master, tmp_path: Path) -> None:
-    view = show(master, tmp_path, "ccb")
-    rid = submit(master, write_experiment(tmp_path, "plot.py", CCB))
-    view.wait_for_line(r"^create_applet args: \['plot', 'plot_xy y'\] "
-                       r"kwargs: \{'group': 'demo'\}$")
-    assert client(master, "delete", str(rid))[0] == 0
-    interrupt(view)
+    with show(master, tmp_path, "ccb") as view:
+        rid = submit(master, write_experiment(tmp_path, "plot.py", CCB))
+        view.wait_for_line(r"^create_applet args: \['plot', 'plot_xy y'\] "
+                           r"kwargs: \{'group': 'demo'\}$")
+        assert client(master, "delete", str(rid))[0] == 0
+        interrupt(view)
 
 
 def test_bad_input_is_one_line_and_an_exit_code(master: Master) -> None:

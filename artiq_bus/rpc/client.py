@@ -138,8 +138,12 @@ class Client:
             if deadline is not None:
                 wait_ms = max(0, round((deadline - time.monotonic()) * 1000))
             ready = dict(self._poller.poll(wait_ms))
+            lost = None
             if self._monitor in ready:
-                self._drain_monitor(first)
+                try:
+                    self._drain_monitor(first)
+                except ControllerUnavailable as exc:
+                    lost = exc  # the reply may have arrived just before the loss
             while self._sock.get(zmq.EVENTS) & zmq.POLLIN:
                 reply = self._read_reply(request_id)
                 if reply is not None:
@@ -147,6 +151,8 @@ class Client:
                     if ok:
                         return value
                     raise value
+            if lost is not None:
+                raise lost
             if deadline is not None and time.monotonic() >= deadline:
                 raise ControllerTimeout(f"no reply from the controller at "
                                         f"{self._link.where} within {timeout:g} s")

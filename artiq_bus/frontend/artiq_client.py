@@ -33,6 +33,7 @@ from .common import (
     reporting_errors,
 )
 from .dataset_commands import add_dataset_commands
+from .device_commands import add_device_commands
 from .repository_commands import add_repository_commands
 from .show_commands import add_show_commands
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataset_commands(commands)
     add_repository_commands(commands)
+    add_device_commands(commands)
 
     terminate = commands.add_parser("terminate", help="stop the master")
     terminate.set_defaults(func=_action_terminate)

@@ -45,7 +45,8 @@ class Replica:
         self.resyncs = 0
         self.synced = asyncio.Event()
         self._client, self._subscriber = client, subscriber
-        self._listeners: list[Listener] = [listener] if listener else []
+        #: a tuple, replaced on change: notifying never copies it
+        self._listeners: tuple[Listener, ...] = (listener,) if listener else ()
         self._level = filter_level(key_filter)
         self._topic = struct_filter_topic(struct, key_filter)
         self._control = control_topic(struct)
@@ -58,7 +59,10 @@ class Replica:
         self._checks: set[asyncio.Task[None]] = set()
 
     def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._listeners += (listener,)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = tuple(known for known in self._listeners if known is not listener)
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Subscribe and wait (at most ``timeout_s``) for the first snapshot."""
@@ -85,14 +89,14 @@ class Replica:
 
         def on_change(update: dict[str, Any]) -> None:
             changed.set()
-        self._listeners.append(on_change)
+        self.add_listener(on_change)
         try:
             async with asyncio.timeout(timeout_s):
                 while not (self.synced.is_set() and predicate(self.value)):
                     changed.clear()
                     await changed.wait()
         finally:
-            self._listeners.remove(on_change)
+            self.remove_listener(on_change)
 
     # -- synchronising ----------------------------------------------------------------
 
@@ -166,7 +170,11 @@ class Replica:
         try:
             for item in items:
                 self.value = apply_update(self.value, item)
-                self._notify(item)
+                for listener in self._listeners:  # _notify, inline: once per update
+                    try:
+                        listener(item)
+                    except Exception:
+                        logger.exception("replica %s: listener failed", self.struct)
         except ProtocolError as exc:
             logger.warning("replica %s: %s, resynchronising", self.struct, exc)
             self.resync()
@@ -208,7 +216,7 @@ class Replica:
             self.resync()
 
     def _notify(self, update: dict[str, Any]) -> None:
-        for listener in list(self._listeners):
+        for listener in self._listeners:
             try:
                 listener(update)
             except Exception:

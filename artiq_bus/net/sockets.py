@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 #: Smaller ``bytes`` frames are copied into ZeroMQ (cheaper than lending them).
 _COPY_BELOW = zmq.COPY_THRESHOLD
+#: How long one loop turn of a :class:`SocketReader` may hand messages over.
+DRAIN_BUDGET_S = 0.02
 
 
 def configure(sock: zmq.Socket, *, sndhwm: int | None = None, rcvhwm: int | None = None) -> zmq.Socket:
@@ -130,8 +133,13 @@ class SocketReader:
         assert self._on_message is not None
         sock, copy, handle = self._sock, self._copy, self._on_message
         self._draining = True
+        # A turn also ends after DRAIN_BUDGET_S: messages that carry much work (a
+        # batch of dataset updates) must not keep timers and heartbeats waiting.
+        deadline = time.monotonic() + DRAIN_BUDGET_S
         try:
             for _ in range(self._batch):
+                if time.monotonic() > deadline:
+                    break  # and look again on the next turn
                 if self._closed or not self._readable():
                     return
                 frames = recv_frames(sock, copy=copy)

@@ -44,10 +44,11 @@ import numpy as np
 from ..protocol import EncodeError, ProtocolError
 from ..protocol import updates as mods
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost, decode_arguments, packed_rpc, rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..storage import DatasetStore, GroupCommitter, StorageError
 from ..storage.dataset_db import Frozen, freeze
+from .dataset_batches import REFUSED, BatchApplier, check_value_update, decode_batch
 from .errors import NodeConfigError
 
 __all__ = ["DatasetsNode", "DATASETS_SERVICE", "DATASETS_STRUCT"]
@@ -60,11 +61,8 @@ DATASETS_STRUCT = "datasets"
 #: Positions in a ``(persist, value, metadata)`` entry.
 PERSIST, VALUE, METADATA = 0, 1, 2
 
-_ROOT_ACTIONS = frozenset({mods.UpdateAction.SETITEM.value, mods.UpdateAction.DELITEM.value})
-_VALUE_ACTIONS = frozenset(a.value for a in mods.UpdateAction if a is not mods.UpdateAction.INIT)
-#: What a refused update raises (reported to the sender, never fatal).
-_REFUSED = (ProtocolError, EncodeError, KeyError, IndexError, TypeError, ValueError,
-            AttributeError, OverflowError)
+_SETITEM = mods.UpdateAction.SETITEM.value
+_ROOT_ACTIONS = frozenset({_SETITEM, mods.UpdateAction.DELITEM.value})
 
 Entry = tuple[bool, Any, dict[str, Any]]
 
@@ -87,6 +85,7 @@ class DatasetsNode:
         self._owner: StructOwner | None = None
         self._committer: GroupCommitter | None = None
         self._host: ServiceHost | None = None
+        self._batches: BatchApplier | None = None
         logger.info("datasets: %d persistent datasets loaded from %s", len(stored), dataset_db)
 
     @staticmethod
@@ -104,6 +103,7 @@ class DatasetsNode:
         self._initial = {}
         await self._owner.start()
         self._committer = GroupCommitter(self._store, self._frozen)
+        self._batches = BatchApplier(self._owner, self._apply, self._persisted)
         self._host = bus.service(DATASETS_SERVICE,
                                  {**rpc_methods(self), **struct_methods(self._owner)})
         await self._host.start()
@@ -162,9 +162,20 @@ class DatasetsNode:
         """Apply one struct update (ARTIQ's ``update(mod)``)."""
         return self._finish(self._apply(update), [])
 
-    @rpc
-    def apply_updates(self, updates: list[Any]) -> Awaitable[None] | None:
-        """Apply struct updates in order (a worker's batch; see the module doc)."""
+    @packed_rpc
+    def apply_updates(self, body: Any, buffers: list[Any]) -> Awaitable[None] | None:
+        """Apply struct updates in order (a worker's batch; see the module doc): the
+        arguments ``(updates)``, packed.  A plain batch is forwarded to subscribers as
+        received (:mod:`.dataset_batches`)."""
+        batch = None if buffers else decode_batch(body)
+        if batch is None:
+            args, kwargs = decode_arguments(body, buffers)
+            return self._apply_updates(*args, **kwargs)
+        assert self._batches is not None
+        durable, refused = self._batches.apply(batch)
+        return self._finish(durable, refused, len(batch.updates))
+
+    def _apply_updates(self, updates: list[Any]) -> Awaitable[None] | None:
         if not isinstance(updates, list):
             raise TypeError(f"apply_updates takes a list of updates, not "
                             f"{type(updates).__name__}")
@@ -173,7 +184,7 @@ class DatasetsNode:
         for update in updates:
             try:
                 durable = self._apply(update) or durable
-            except _REFUSED as exc:
+            except REFUSED as exc:
                 refused.append(f"{type(exc).__name__}: {exc}")
         return self._finish(durable, refused, len(updates))
 
@@ -185,6 +196,10 @@ class DatasetsNode:
             self._owner.update(update)
         except (ProtocolError, EncodeError) as exc:  # the sender's mistake, not the bus's
             raise ValueError(f"dataset {key!r}: {exc}") from None
+        return self._persisted(key)
+
+    def _persisted(self, key: str) -> bool:
+        """Record a change of ``key`` for the disk: whether it changed what is there."""
         entry = self.data.get(key)
         if entry is not None and entry[PERSIST]:
             self._persistent.add(key)
@@ -247,34 +262,22 @@ def _check_entry(key: str, entry: Any, max_key_bytes: int) -> Entry:
     if persist and len(key.encode()) > max_key_bytes:
         raise ValueError(f"dataset {key[:40]!r}...: a persistent dataset's name is at most "
                          f"{max_key_bytes} bytes")
-    if isinstance(value, np.ndarray) and not value.flags.writeable:
-        value = value.copy()  # later mutations write into it
+    # A read-only array is stored as it is: a change copies it first (apply_update).
     return (bool(persist), value, metadata)
 
 
 def _check_update(data: dict[str, Entry], update: Any, max_key_bytes: int) -> str:
     """The dataset ``update`` changes; raises if it is not an accepted update
     (module doc).  Normalises a root setitem's entry in place."""
-    if not isinstance(update, dict):
-        raise TypeError(f"an update is a map, not {type(update).__name__}")
-    action, path = update.get("action"), update.get("path")
-    if not isinstance(path, list):
-        raise TypeError("an update needs a path (a list)")
-    if not path:
-        if action not in _ROOT_ACTIONS:
-            raise ValueError(f"update {action!r:.40} at the root: only setitem and delitem")
-        key = _check_key(update.get("key"))
-        if action == mods.UpdateAction.SETITEM.value:
-            update["value"] = _check_entry(key, update.get("value"), max_key_bytes)
-        elif key not in data:
-            raise KeyError(f"no dataset {key!r}")
+    key = check_value_update(data, update)
+    if key is not None:
         return key
-    key = path[0]
-    if not isinstance(key, str) or key not in data:
-        raise KeyError(f"no dataset {key!r:.80}")
-    if len(path) < 2 or path[1] != VALUE or isinstance(path[1], bool):
-        raise ValueError(f"dataset {key!r}: an update inside a dataset has the path "
-                         "[name, 1, ...] (it changes the value)")
-    if action not in _VALUE_ACTIONS:
-        raise ValueError(f"dataset {key!r}: unknown update action {action!r:.40}")
+    action = update.get("action")
+    if action not in _ROOT_ACTIONS:
+        raise ValueError(f"update {action!r:.40} at the root: only setitem and delitem")
+    key = _check_key(update.get("key"))
+    if action == _SETITEM:
+        update["value"] = _check_entry(key, update.get("value"), max_key_bytes)
+    elif key not in data:
+        raise KeyError(f"no dataset {key!r}")
     return key

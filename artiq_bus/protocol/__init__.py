@@ -1,6 +1,7 @@
 """Every wire format of artiq_bus, and nothing else (specified in docs/protocol.md)."""
 
-from .codec import OUT_OF_BAND_MIN_BYTES, ExtCode, pack, pack_into, unpack
+from .codec import (OUT_OF_BAND_MIN_BYTES, ExtCode, freeze_buffers, pack, pack_into, unpack,
+                    body_ends)
 from .errors import (BusError, DeadlineExceeded, EncodeError, NoSuchMethod, NoSuchService,
                      Overloaded, ProtocolError, RemoteError, ServiceDied, Unauthorized,
                      Unavailable, error_from_wire, error_to_wire, register_error)
@@ -12,7 +13,8 @@ from .publications import (control_topic, filter_level, key_text, levels,
 from .updates import UpdateAction, apply_update, top_key
 
 __all__ = [
-    "OUT_OF_BAND_MIN_BYTES", "ExtCode", "pack", "pack_into", "unpack",
+    "OUT_OF_BAND_MIN_BYTES", "ExtCode", "freeze_buffers", "pack", "pack_into", "unpack",
+    "body_ends",
     "BusError", "DeadlineExceeded", "EncodeError", "NoSuchMethod", "NoSuchService",
     "Overloaded", "ProtocolError", "RemoteError", "ServiceDied", "Unauthorized",
     "Unavailable", "error_from_wire", "error_to_wire", "register_error",

@@ -32,7 +32,8 @@ import numpy as np
 
 from .errors import EncodeError, ProtocolError
 
-__all__ = ["pack", "pack_into", "unpack", "ExtCode", "OUT_OF_BAND_MIN_BYTES"]
+__all__ = ["pack", "pack_into", "unpack", "body_ends", "freeze_buffers", "ExtCode",
+           "OUT_OF_BAND_MIN_BYTES"]
 
 
 class ExtCode:
@@ -164,6 +165,18 @@ def pack(obj: Any) -> tuple[bytes, list[Any]]:
     return _packb(buffers, obj), buffers
 
 
+def freeze_buffers(buffers: Sequence[Any], start: int = 0) -> None:
+    """Make the arrays behind ``buffers[start:]`` (out-of-band frames of a packed body)
+    read-only.  ZeroMQ sends such a frame from the array's own memory, later and from
+    another thread: an owner that keeps the array must not change it meanwhile, and an
+    array that refuses writes makes any attempt loud (or, through ``apply_update``,
+    copies it first)."""
+    for buffer in buffers[start:]:
+        array = buffer.obj if isinstance(buffer, memoryview) else None
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False
+
+
 def _array_from_wire(buffers: Sequence[Any], dtype_wire: Any, shape: Any,
                      data: Any) -> np.ndarray:
     dtype = _dtype_from_wire(dtype_wire)
@@ -228,3 +241,22 @@ def unpack(body: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
     Arrays decoded from out-of-band frames share the frame's memory (no copy).
     """
     return _unpackb(buffers, body)
+
+
+
+def body_ends(data: bytes | memoryview, count: int) -> list[int]:
+    """Where each of ``count`` bodies packed one after another in ``data`` ends (to
+    forward some of them as they are, without packing them again).  Raises
+    :class:`ProtocolError` unless ``data`` holds exactly ``count`` of them."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    ends, skip, tell = [], unpacker.skip, unpacker.tell
+    try:
+        for _ in range(count):
+            skip()
+            ends.append(tell())
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise ProtocolError(f"undecodable body: {type(exc).__name__}: {exc}") from None
+    if tell() != len(data):
+        raise ProtocolError(f"{len(data) - tell()} bytes after {count} bodies")
+    return ends

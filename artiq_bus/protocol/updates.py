@@ -20,9 +20,11 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from numpy import ndarray
+
 from .errors import ProtocolError
 
-__all__ = ["UpdateAction", "apply_update", "top_key", "setitem", "delitem", "append",
+__all__ = ["UpdateAction", "apply_update", "thaw", "top_key", "setitem", "delitem", "append",
            "insert", "pop", "init"]
 
 
@@ -35,31 +37,33 @@ class UpdateAction(str, enum.Enum):
     POP = "pop"
 
 
-_ACTIONS = {action.value: action for action in UpdateAction}
+# The action names as plain strings: the hot paths compare against these (an enum
+# member's ``.value`` costs about a microsecond).
+_INIT, _SETITEM, _DELITEM, _APPEND, _INSERT, _POP = (a.value for a in UpdateAction)
 
 
 def init(struct: dict[Any, Any]) -> dict[str, Any]:
-    return {"action": UpdateAction.INIT.value, "struct": struct}
+    return {"action": _INIT, "struct": struct}
 
 
 def setitem(path: list[Any], key: Any, value: Any) -> dict[str, Any]:
-    return {"action": UpdateAction.SETITEM.value, "path": path, "key": key, "value": value}
+    return {"action": _SETITEM, "path": path, "key": key, "value": value}
 
 
 def delitem(path: list[Any], key: Any) -> dict[str, Any]:
-    return {"action": UpdateAction.DELITEM.value, "path": path, "key": key}
+    return {"action": _DELITEM, "path": path, "key": key}
 
 
 def append(path: list[Any], x: Any) -> dict[str, Any]:
-    return {"action": UpdateAction.APPEND.value, "path": path, "x": x}
+    return {"action": _APPEND, "path": path, "x": x}
 
 
 def insert(path: list[Any], i: int, x: Any) -> dict[str, Any]:
-    return {"action": UpdateAction.INSERT.value, "path": path, "i": i, "x": x}
+    return {"action": _INSERT, "path": path, "i": i, "x": x}
 
 
 def pop(path: list[Any], i: int) -> dict[str, Any]:
-    return {"action": UpdateAction.POP.value, "path": path, "i": i}
+    return {"action": _POP, "path": path, "i": i}
 
 
 def top_key(update: dict[str, Any]) -> Any:
@@ -67,25 +71,51 @@ def top_key(update: dict[str, Any]) -> Any:
     path = update.get("path")
     if path:
         return path[0]
-    if update.get("action") in (UpdateAction.SETITEM, UpdateAction.DELITEM):
+    if update.get("action") in (_SETITEM, _DELITEM):
         return update.get("key")
     raise ProtocolError(f"update {update.get('action')!r} at the root has no key")
 
 
-def _writable(parent: Any, index: Any, child: Any) -> Any:
-    """``child`` made writable in place in ``parent`` (decoded arrays may share a
-    read-only frame)."""
-    flags = getattr(child, "flags", None)
-    if flags is not None and not flags.writeable:
-        child = child.copy()
-        parent[index] = child
-    return child
+def thaw(target: Any, path: list[Any]) -> Any:
+    """Replace the read-only array at ``path`` in ``target`` by a writable copy, and
+    return the copy.  Tuples on the way are rebuilt (they cannot be assigned to).
+
+    Owners make an array read-only once ZeroMQ may still be sending it without a copy
+    (see :mod:`artiq_bus.runtime.structs`); a change copies it first, so what is in
+    flight never changes.  Decoded arrays may also share a read-only frame.
+    """
+    chain = [target]
+    for index in path[:-1]:
+        chain.append(chain[-1][index])
+    copied = chain[-1][path[-1]].copy()
+    value = copied
+    for parent, index in zip(reversed(chain), reversed(path)):
+        if not isinstance(parent, tuple):
+            parent[index] = value
+            return copied
+        items = list(parent)
+        items[index] = value
+        value = tuple(items)
+    raise TypeError("the root of a struct cannot be a tuple")
 
 
 def _walk(target: Any, path: list[Any]) -> Any:
     container = target
     for index in path:
-        container = _writable(container, index, container[index])
+        container = container[index]
+    # An array inside a read-only one is a read-only view: checking the end suffices.
+    if isinstance(container, ndarray) and not container.flags.writeable:
+        return _walk_thawing(target, path)
+    return container
+
+
+def _walk_thawing(target: Any, path: list[Any]) -> Any:
+    """:func:`_walk`, copying the first read-only array on the way."""
+    container = target
+    for depth, index in enumerate(path):
+        container = container[index]
+        if isinstance(container, ndarray) and not container.flags.writeable:
+            container = thaw(target, path[:depth + 1])
     return container
 
 
@@ -96,23 +126,24 @@ def apply_update(target: dict[Any, Any], update: dict[str, Any]) -> dict[Any, An
     caller treats that like a lost update and resynchronises.
     """
     try:
-        action = _ACTIONS[update["action"]]  # a dict: UpdateAction(...) costs microseconds
-        if action is UpdateAction.INIT:
+        action = update["action"]
+        if action == _SETITEM:  # first: by far the commonest
+            _walk(target, update["path"])[update["key"]] = update["value"]
+        elif action == _APPEND:
+            _walk(target, update["path"]).append(update["x"])
+        elif action == _DELITEM:
+            del _walk(target, update["path"])[update["key"]]
+        elif action == _INSERT:
+            _walk(target, update["path"]).insert(update["i"], update["x"])
+        elif action == _POP:
+            _walk(target, update["path"]).pop(update["i"])
+        elif action == _INIT:
             struct = update["struct"]
             if not isinstance(struct, dict):
                 raise TypeError("init needs a dict")
             return struct
-        container = _walk(target, update["path"])
-        if action is UpdateAction.SETITEM:
-            container[update["key"]] = update["value"]
-        elif action is UpdateAction.DELITEM:
-            del container[update["key"]]
-        elif action is UpdateAction.APPEND:
-            container.append(update["x"])
-        elif action is UpdateAction.INSERT:
-            container.insert(update["i"], update["x"])
         else:
-            container.pop(update["i"])
+            raise ValueError(f"unknown action {action!r:.40}")
     except (KeyError, IndexError, TypeError, ValueError, AttributeError,
             OverflowError) as exc:
         raise ProtocolError(f"update does not apply: {type(exc).__name__}: {exc}") from None

@@ -20,9 +20,11 @@ import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
 from ..protocol import (VERSION, Command, EncodeError, NoSuchMethod, ProtocolError, Status,
-                        check_name, error_to_wire, pack, split_command, unpack)
+                        check_name, error_to_wire, freeze_buffers, pack, split_command,
+                        unpack)
 
-__all__ = ["rpc", "ServiceHost", "rpc_methods", "LocalBroker"]
+__all__ = ["rpc", "packed_rpc", "decode_arguments", "ServiceHost", "rpc_methods",
+           "LocalBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,15 @@ def rpc(function: F) -> F:
     """Declare a method callable from the bus."""
     function.__artiq_bus_rpc__ = True  # type: ignore[attr-defined]
     return function
+
+
+def packed_rpc(function: F) -> F:
+    """Declare a method callable from the bus that takes the request undecoded:
+    ``method(body, buffers)``, the ``[args, kwargs]`` body (a buffer) and its
+    out-of-band frames.  For hot paths that can forward what they receive instead of
+    decoding and packing it again (:func:`decode_arguments` decodes it the usual way)."""
+    function.__artiq_bus_packed__ = True  # type: ignore[attr-defined]
+    return rpc(function)
 
 
 def rpc_methods(target: object) -> dict[str, Callable[..., Any]]:
@@ -54,6 +65,11 @@ def _as_bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
 
+def _buffer(frame: Any) -> Any:
+    """A frame's content without a copy (``bytes`` stay as they are)."""
+    return frame if isinstance(frame, bytes) else frame.buffer
+
+
 class LocalBroker(Protocol):
     """A broker in this process (see ``Broker.attach_local``)."""
 
@@ -64,7 +80,8 @@ class LocalBroker(Protocol):
     def receive_local(self, identity: bytes, frames: Sequence[Any]) -> None: ...
 
 
-def _decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+def decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """``(args, kwargs)`` from a request body and its out-of-band frames."""
     arguments = unpack(body, buffers)
     if (not isinstance(arguments, list) or len(arguments) != 2
             or not isinstance(arguments[0], list) or not isinstance(arguments[1], dict)
@@ -250,8 +267,11 @@ class ServiceHost:
             if method is None:
                 raise NoSuchMethod(f"service {self.name!r} has no method "
                                    f"{method_frame[:64]!r}")
-            args, kwargs = _decode_arguments(body, buffers)
-            result = method(*args, **kwargs)
+            if getattr(method, "__artiq_bus_packed__", False):
+                result = method(_buffer(body), buffers)
+            else:
+                args, kwargs = decode_arguments(body, buffers)
+                result = method(*args, **kwargs)
         except Exception as exc:
             self._finish(reply_to, exc, None)
             return
@@ -285,6 +305,9 @@ class ServiceHost:
                 body, frames = pack(result)
             except EncodeError as exc:
                 error = exc
+            # ZeroMQ sends large arrays from their own memory, later: they must not
+            # change meanwhile (owners copy read-only arrays before changing them).
+            freeze_buffers(frames)
         if error is not None:
             status = Status.ERROR
             body, frames = pack(error_to_wire(error))

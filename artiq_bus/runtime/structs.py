@@ -2,9 +2,16 @@
 
 The owner applies each update to its own dict at once and packs it at once (so later
 changes to a value cannot leak into an update already made).  Updates are published
-when the loop comes round, grouped by root key: one message per key per loop turn, its
-updates numbered consecutively in the struct's sequence (see
-:mod:`artiq_bus.protocol.publications` for the numbering and the levels).
+when the loop comes round, grouped by root key: one message per key per loop turn (or
+sooner, when a key's updates reach :data:`MAX_GROUP_BYTES`), its updates numbered
+consecutively in the struct's sequence (see :mod:`artiq_bus.protocol.publications` for
+the numbering and the levels).
+
+Large arrays travel without a copy: ZeroMQ sends them from the struct's own memory,
+later, from its I/O thread.  So an array packed that way is made read-only, and every
+change goes through :func:`~artiq_bus.protocol.apply_update`, which copies a read-only
+array before changing it: what is in flight never changes.  A node that changes its
+struct's values itself must do the same (:func:`~artiq_bus.protocol.updates.thaw`).
 """
 
 from __future__ import annotations
@@ -19,12 +26,17 @@ import msgpack
 import zmq
 
 from ..net import CurveClient, configure, send_frames
-from ..protocol import (VERSION, apply_update, control_topic, filter_level, levels,
-                        msgpack_array_header, pack, pack_into, struct_topic, top_key, updates)
+from ..protocol import (VERSION, ProtocolError, apply_update, control_topic, filter_level, freeze_buffers,
+                        levels, msgpack_array_header, pack, pack_into, struct_topic, top_key,
+                        updates)
 
-__all__ = ["Publisher", "StructOwner", "struct_methods"]
+__all__ = ["Publisher", "StructOwner", "struct_methods", "MAX_GROUP_BYTES"]
 
 logger = logging.getLogger(__name__)
+
+#: A key's queued updates are published at once when their bodies reach this size:
+#: a burst does not become one huge message (subscribers' queues count messages).
+MAX_GROUP_BYTES = 8 * 1024
 
 
 class Publisher:
@@ -53,8 +65,11 @@ class Publisher:
 class _Pending:
     """Packed updates of one root key waiting for the next publication."""
 
-    bodies: list[bytes] = dataclasses.field(default_factory=list)
+    #: packed updates, one or more per item (``count`` in all), in order
+    bodies: list[Any] = dataclasses.field(default_factory=list)
     buffers: list[Any] = dataclasses.field(default_factory=list)
+    count: int = 0
+    size: int = 0
 
 
 class StructOwner:
@@ -90,17 +105,33 @@ class StructOwner:
 
         Ownership of the values passes to the struct.
         """
-        pending = self._pending_for(top_key(update))
+        key = top_key(update)
+        pending = self._pending_for(key)
+        lent = len(pending.buffers)
         body = pack_into(pending.buffers, update)
-        self.data = apply_update(self.data, update)
-        self._queue(pending, body)
+        try:
+            self.data = apply_update(self.data, update)
+        except ProtocolError:
+            del pending.buffers[lent:]  # refused: its frames go nowhere
+            raise
+        freeze_buffers(pending.buffers, lent)  # after applying: it may copy (thaw)
+        self._queue(key, pending, body, 1)
 
     def setitem(self, key: Any, value: Any) -> None:
         # The commonest update, and at the root one dict store: no need to walk a path.
         pending = self._pending_for(key)
+        lent = len(pending.buffers)
         body = pack_into(pending.buffers, updates.setitem([], key, value))
         self.data[key] = value
-        self._queue(pending, body)
+        freeze_buffers(pending.buffers, lent)
+        self._queue(key, pending, body, 1)
+
+    def queue_packed(self, key: Any, packed: Any, count: int) -> None:
+        """Publish ``count`` updates of root key ``key`` that the caller has already
+        applied to :attr:`data`, given packed (consecutive msgpack maps, no out-of-band
+        frames; bytes or a memoryview, kept until published).  A node that receives
+        packed updates forwards them this way instead of packing them again."""
+        self._queue(key, self._pending_for(key), packed, count)
 
     def delitem(self, key: Any) -> None:
         self.update(updates.delitem([], key))
@@ -122,8 +153,13 @@ class StructOwner:
             pending = self._pending[key] = _Pending()
         return pending
 
-    def _queue(self, pending: _Pending, body: bytes) -> None:
+    def _queue(self, key: Any, pending: _Pending, body: Any, count: int) -> None:
         pending.bodies.append(body)
+        pending.count += count
+        pending.size += len(body)
+        if pending.size >= MAX_GROUP_BYTES:
+            del self._pending[key]
+            self._publish(key, pending)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -140,19 +176,25 @@ class StructOwner:
         """Publish every queued update now."""
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
-        header = msgpack.packb(self.epoch)
         for key, group in pending.items():
-            key_levels, topic = self._levels_of(key)
-            prevs = [self.seq] + [self._versions.get(level, 0) for level in key_levels]
-            first = self.seq + 1
-            self.seq += len(group.bodies)
-            for level in key_levels:
-                self._versions[level] = self.seq
-            if key not in self.data:
-                del self._versions[key], self._levels[key]
-            body = b"".join((b"\x94", header, msgpack.packb(first), msgpack.packb(prevs),
-                             msgpack_array_header(len(group.bodies)), *group.bodies))
-            self._publisher.send([topic, VERSION, body, *group.buffers])
+            self._publish(key, group)
+
+    def _publish(self, key: Any, group: _Pending) -> None:
+        """One message: ``group``'s updates, numbered from the next sequence number."""
+        if not group.count:
+            return  # its only update was refused
+        key_levels, topic = self._levels_of(key)
+        prevs = [self.seq] + [self._versions.get(level, 0) for level in key_levels]
+        first = self.seq + 1
+        self.seq += group.count
+        for level in key_levels:
+            self._versions[level] = self.seq
+        if key not in self.data:
+            del self._versions[key], self._levels[key]
+        body = b"".join((b"\x94", msgpack.packb(self.epoch), msgpack.packb(first),
+                         msgpack.packb(prevs), msgpack_array_header(group.count),
+                         *group.bodies))
+        self._publisher.send([topic, VERSION, body, *group.buffers])
 
     async def _heartbeat(self) -> None:
         topic = control_topic(self.name)

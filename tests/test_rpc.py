@@ -130,7 +130,7 @@ def test_asyncio_client_runs_calls_concurrently(controller: Controller) -> None:
             with pytest.raises(ValueError, match="dummy failure"):
                 await client.fail()
             with pytest.raises(AttributeError):
-                client.nope
+                _ = client.nope
         finally:
             client.close_rpc()
     asyncio.run(main())

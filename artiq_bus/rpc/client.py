@@ -33,12 +33,16 @@ class Client:
 
     ``timeout`` bounds each call (``None``: no bound, but a lost connection still fails
     the call within seconds); ``connect_timeout`` bounds the first contact.
+    ``retry_refused``: wait (up to ``connect_timeout``) for a controller that is still
+    starting instead of failing when the connection is refused.
     """
 
     def __init__(self, host: str, port: int, target_name: Any = AutoTarget,
                  timeout: float | None = None, *, curve: CurveClient | None = None,
-                 connect_timeout: float | None = None, context: zmq.Context | None = None):
+                 connect_timeout: float | None = None, retry_refused: bool = False,
+                 context: zmq.Context | None = None):
         self._timeout = timeout
+        self._retry_refused = retry_refused
         self._ids = itertools.count(1)
         self._link = Link(host, port)
         self._target: str | None = None
@@ -174,7 +178,7 @@ class Client:
             event_reason = self._link.on_event(monitor_event(
                 self._monitor.recv_multipart(zmq.NOBLOCK)))
             reason = reason or event_reason
-        if reason is not None:
+        if reason is not None and not (first and self._retry_refused):
             raise ControllerUnavailable(reason)
 
 

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import zmq
 
+from artiq_bus.net import CurveClient, generate_key_pair, load_public_key, load_secret_key
 from artiq_bus.protocol import NoSuchMethod, ProtocolError, RemoteError
 from artiq_bus.protocol.rpc import RPC_VERSION, RpcCommand, parse_reply, request_frames
 from artiq_bus.rpc import (AsyncioClient, BestEffortClient, Client, ControllerTimeout,
                            ControllerUnavailable, NoSuchTarget)
 
-from conftest import Process, free_port
+from conftest import Process, free_port, run_cli
 from helpers import HELPERS
 from helpers.compare import same
 
@@ -282,3 +283,51 @@ def _eventually(probe, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
         if time.monotonic() > deadline:
             raise AssertionError(f"no truthy result within {timeout_s} s")
         time.sleep(0.05)
+
+
+def test_curve_keys_protect_a_controller(tmp_path: Path) -> None:
+    server_public, server_secret = generate_key_pair(tmp_path / "server", "controller")
+    _, client_secret = generate_key_pair(tmp_path / "clients", "me")
+    client_secret.rename(tmp_path / "me.key_secret")
+    process = Controller(tmp_path, "--curve-secret-key", str(server_secret),
+                         "--curve-allowed-keys", str(tmp_path / "clients")).ready()
+    try:
+        public, secret = load_secret_key(tmp_path / "me.key_secret")
+        curve = CurveClient(load_public_key(server_public), public, secret)
+        with Client("::1", process.port, "dummy", curve=curve) as client:
+            assert client.echo("secret") == "secret"
+        with pytest.raises((ControllerUnavailable, ControllerTimeout)):
+            Client("::1", process.port, "dummy", connect_timeout=1.0)  # no keys
+        result = run_cli("artiq_rpctool", "::1", str(process.port), "--curve-server-key",
+                         str(server_public), "--curve-client-key",
+                         str(tmp_path / "me.key_secret"), "call", "-t", "dummy", "add", "1")
+        assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
+    finally:
+        assert process.stop() == 0, process.output()
+
+
+@pytest.mark.parametrize(("argv", "code", "output"), [
+    (["list-targets"], 0, "Target(s):   dummy\nDescription: test controller\n"),
+    (["call", "add", "1", "2.5"], 0, "3.5\n"),
+    (["call", "-t", "dummy", "echo", '{"a": [1, 2]}'], 0, "{'a': [1, 2]}\n"),
+    (["call", "fail"], 1, "artiq_rpctool: ValueError: dummy failure\n"),
+    (["call", "echo", "text"], 2, "is not a PYON value"),
+    (["call", "nope"], 2, "has no method 'nope'"),
+    (["list-methods", "-t", "other"], 2, "no target 'other'"),
+])
+def test_rpctool(controller: Controller, argv: list[str], code: int, output: str) -> None:
+    result = run_cli("artiq_rpctool", "::1", str(controller.port), *argv)
+    assert result.returncode == code, result.stderr
+    assert output in (result.stdout if code == 0 else result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_rpctool_lists_methods_and_reports_a_missing_controller(
+        controller: Controller) -> None:
+    result = run_cli("artiq_rpctool", "::1", str(controller.port), "list-methods")
+    assert result.returncode == 0, result.stderr
+    assert "A device that does nothing useful.\n" in result.stdout
+    assert "echo(x: 'Any') -> 'Any'\n    Return x unchanged.\n" in result.stdout
+    assert "_secret" not in result.stdout
+    result = run_cli("artiq_rpctool", "::1", str(free_port()), "list-targets")
+    assert result.returncode == 3 and "connection refused" in result.stderr

@@ -18,9 +18,9 @@ import numpy as np
 
 from .. import pyon
 from ..protocol import RemoteError
+from ..net import CurveClient, load_public_key, load_secret_key
 from ..rpc import AutoTarget, Client, NoSuchTarget
-from .common import (CommandError, UsageError, add_client_security, add_version,
-                     curve_client_from_args, reporting_errors)
+from .common import CommandError, UsageError, add_version, reporting_errors
 
 __all__ = ["main", "build_parser"]
 
@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("port", metavar="PORT", type=int, help="the controller's port")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="how long a call may take (default: no limit)")
-    add_client_security(parser)
+    security = parser.add_argument_group("CurveZMQ (when the controller requires it)")
+    security.add_argument("--curve-server-key", default=None, metavar="FILE",
+                          help="the controller's public key file (NAME.key)")
+    security.add_argument("--curve-client-key", default=None, metavar="FILE",
+                          help="this client's secret key file (NAME.key_secret)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("list-targets", help="list the controller's targets")
     for name, help_text in (("list-methods", "list a target's methods"),
@@ -109,11 +113,20 @@ def _interactive(client: Client) -> None:
                 pprint.pprint(result)
 
 
+def _curve(args: argparse.Namespace) -> CurveClient | None:
+    """The controller's keys: flags only (the ARTIQ_BUS_* variables are the master's)."""
+    if args.curve_server_key is None and args.curve_client_key is None:
+        return None
+    if args.curve_server_key is None or args.curve_client_key is None:
+        raise UsageError("CurveZMQ needs both --curve-server-key and --curve-client-key")
+    public, secret = load_secret_key(args.curve_client_key)
+    return CurveClient(load_public_key(args.curve_server_key), public, secret)
+
+
 def _run(args: argparse.Namespace) -> None:
     target = None if args.action == "list-targets" else (args.target or AutoTarget)
     try:
-        client = Client(args.server, args.port, target, args.timeout,
-                        curve=curve_client_from_args(args))
+        client = Client(args.server, args.port, target, args.timeout, curve=_curve(args))
     except (NoSuchTarget, ValueError) as exc:
         raise UsageError(str(exc)) from None
     with client:

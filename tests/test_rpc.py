@@ -5,6 +5,7 @@ BestEffortClient, the built-in terminate and the insecure-bind rule."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import sys
@@ -331,3 +332,14 @@ def test_rpctool_lists_methods_and_reports_a_missing_controller(
     assert "_secret" not in result.stdout
     result = run_cli("artiq_rpctool", "::1", str(free_port()), "list-targets")
     assert result.returncode == 3 and "connection refused" in result.stderr
+
+
+def test_protocol_doc_names_every_rpc_command() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("## 11. Controller RPC"):]
+    assert f'`"{RPC_VERSION.decode()}"`' in section
+    documented = set(re.findall(r"^\| `([A-Z]+)` \|", section, re.MULTILINE))
+    assert documented == {command.value.decode() for command in RpcCommand}
+    for error in ("NoSuchTarget", "NoSuchMethod", "ProtocolError", "Overloaded",
+                  "EncodeError"):
+        assert f"`{error}`" in section

@@ -9,6 +9,7 @@ methods and ``np`` in scope, as sipyco's did.
 from __future__ import annotations
 
 import argparse
+import os
 import pprint
 import sys
 import textwrap
@@ -145,9 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     with reporting_errors(PROGRAM):
         try:
             _run(args)
+            sys.stdout.flush()
         except RemoteError as exc:  # the method raised: say what, as the controller said
             raise CommandError(str(exc)) from None
-    sys.stdout.flush()
+        except BrokenPipeError:  # output piped into head(1) and the like: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -52,12 +52,25 @@ class BusWorkerHandle:
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
                     expid: dict[str, Any], priority: int) -> str | None:
-        worker = await self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S)
+        # the device database comes along with the build request: the worker need not
+        # ask for it while it imports the experiment
+        worker, device_db = await asyncio.gather(
+            self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S),
+            self._device_db())
         self._service, self._pid = worker["service"], worker["pid"]
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
         class_name = await self._stage("build", rid, pipeline_name, wd, expid, priority,
-                                       timeout_s=BUILD_TIMEOUT_S)
+                                       device_db, timeout_s=BUILD_TIMEOUT_S)
         return class_name if isinstance(class_name, str) else None
+
+    async def _device_db(self) -> dict[str, Any] | None:
+        """The master's device database; None (the worker then asks, and says what
+        is wrong) if it cannot be had."""
+        try:
+            device_db: dict[str, Any] = await self._client.call("devices", "get_device_db")
+        except BusError:
+            return None
+        return device_db
 
     async def prepare(self) -> None:
         await self._stage("prepare")

@@ -77,22 +77,24 @@ class ExperimentRunner:
     # -- stages -----------------------------------------------------------------------
 
     def build(self, rid: int, pipeline_name: str, wd: str | None, expid: dict[str, Any],
-              priority: int) -> str:
-        """Import and build the experiment; its class name (for the results file)."""
+              priority: int, device_db: dict[str, Any] | None = None) -> str:
+        """Import and build the experiment; its class name (for the results file).
+        ``device_db``: the master's, if the caller brought it (one round trip less)."""
         assert self._bus is not None
         self._rid, self._expid = rid, expid
         logging.getLogger().setLevel(expid.get("log_level", logging.WARNING))
         self._start_time = time.time()
         file_name = os.path.basename(expid["file"]) if "file" in expid else "<none>"
         self._bus.set_source(f"worker({rid},{file_name})")
-        device_db = self._bus.start_call("devices", "get_device_db")  # while loading
+        fetching = (self._bus.start_call("devices", "get_device_db")  # while loading
+                    if device_db is None else None)
         module = self._load(wd, expid)
         directory = results_dir(self._home / "results", self._start_time)
         directory.mkdir(parents=True, exist_ok=True)
         os.chdir(directory)
         cls = get_experiment(module, expid.get("class_name"))
         self._devices = DeviceManager(
-            DeviceDB.from_dict(device_db.result()),
+            DeviceDB.from_dict(device_db if fetching is None else fetching.result()),
             virtual_devices={
                 "scheduler": BusScheduler(self._bus, rid, pipeline_name, priority, expid),
                 "ccb": BusCCB(self._bus)},

@@ -98,9 +98,11 @@ class _StageService:
 
     @rpc
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
-                    expid: dict[str, Any], priority: int) -> str:
+                    expid: dict[str, Any], priority: int,
+                    device_db: dict[str, Any] | None = None) -> str:
         return await self._in_main_thread(
-            "build", lambda: self._runner.build(rid, pipeline_name, wd, expid, priority))
+            "build", lambda: self._runner.build(rid, pipeline_name, wd, expid, priority,
+                                                device_db))
 
     @rpc
     async def prepare(self) -> None:

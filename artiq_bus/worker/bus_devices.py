@@ -14,6 +14,7 @@ from ..language.core import TerminationRequested
 from ..protocol import (VERSION, BusError, EncodeError, NoSuchService, RemoteError,
                         msgpack_array_header, pack, stream_topic, top_key)
 from .errors import RunDeletedWhilePaused
+from .snapshots import SnapshotPool
 
 if TYPE_CHECKING:
     from .process import WorkerBus
@@ -100,7 +101,8 @@ class BusDatasetBackend:
     batched one-way messages to ``datasets.apply_updates``, in order.
 
     Each update is packed at once in the experiment's thread (so later changes to a
-    value cannot reach an update already made; large arrays are copied once) and
+    value cannot reach an update already made; large arrays are copied once, into
+    reused memory: :mod:`.snapshots`) and
     queued; the bus thread takes everything queued when it next runs, so batches grow
     exactly as long as the bus thread is busy.  An update carrying out-of-band frames
     (a large array) travels in a message of its own.  :meth:`sync` (end of each stage)
@@ -117,6 +119,7 @@ class BusDatasetBackend:
         self._scheduled = False
         self._unsynced = False
         self._sync_lock = threading.Lock()
+        self._snapshots = SnapshotPool()
 
     def _read(self, method: str, key: str) -> Any:
         try:
@@ -139,8 +142,8 @@ class BusDatasetBackend:
             body, buffers = pack(mod)
         except EncodeError as exc:
             raise TypeError(f"dataset {top_key(mod)!r} cannot be broadcast: {exc}") from None
-        if buffers:
-            self._queue.append((body, [bytes(buffer) for buffer in buffers]))  # frozen
+        if buffers:  # the snapshot of each large array, sent as it is
+            self._queue.append((body, [self._snapshots.copy(buffer) for buffer in buffers]))
         else:
             self._queue.append(body)
         self._unsynced = True

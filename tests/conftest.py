@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -25,18 +26,29 @@ from artiq_bus.net import BusAddress
 READY_LINE = "ARTIQ master is now ready."
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port free on both loopback addresses right now."""
+    """A TCP port free on both loopback addresses right now, chosen below the
+    ephemeral range: the source port of some outgoing connection (of this test run or
+    another) can never take it between now and the master's bind."""
+    low = min(_ephemeral_range()[0], 32768)
     while True:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock6:
-            sock6.bind(("::1", 0))
-            port = sock6.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock4:
-                try:
-                    sock4.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+        port = random.randrange(10000, low)
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock6, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock4:
+                sock6.bind(("::1", port))
+                sock4.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
 
 
 class Process:

@@ -1,20 +1,21 @@
 """Hand-over between runs: submit → ``run()`` latency and empty experiments per second.
 
 A real ``artiq_master`` (its own process, as users start it) runs an empty experiment
-whose ``run()`` and ``analyze()`` each send one datagram — ``STAGE RID time.time()`` —
-to a Unix socket of this process; that is how the benchmark waits on the thing itself.
+whose ``run()`` sends one datagram — ``run RID time.time()`` — to a Unix socket of
+this process; that, and a replica of the ``schedule``, is how the benchmark waits on
+the thing itself.
 
-Latency: one run at a time, ``time.time()`` in ``run()`` minus ``time.time()`` just
-before the blocking ``submit`` call (one machine, one clock); the next submit waits
-for the previous run's ``analyze()``.  Throughput: ``BURST`` runs submitted at once
+Latency: ``time.time()`` in ``run()`` minus ``time.time()`` just before the
+connected client's ``submit`` call (one machine, one clock), one run at a time: the
+next is submitted when the one before has left the schedule (worker closed, results
+file written), as a user submits to an idle master.  Throughput: ``BURST`` runs submitted at once
 (all calls in flight, as several clients would), from the first submit until a replica
 of the ``schedule`` is empty again: every run completed, results file written, worker
 gone.
 
 The raw limit beside them is a bare fork of an imported process (this one, with numpy,
 h5py and pyzmq loaded): ``os.fork()`` of a child that exits at once, and the parent's
-``waitpid`` (a run needs at least one).  The targets
-(DESIGN §9) are absolute: latency ≤ 10 ms median, ≥ 50 runs/s; ARTIQ takes 665 ms and
+``waitpid`` (a run needs at least one).  The targets (DESIGN §9) are absolute: latency ≤ 10 ms median, ≥ 50 runs/s; ARTIQ takes 665 ms and
 does 1.8 runs/s on this kind of machine.
 
 Run: ``python bench/bench_handover.py``.
@@ -40,7 +41,6 @@ from _common import Report, percentile, run
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.replica import Replica
 from artiq_bus.client.subscriber import Subscriber
-from artiq_bus.client.sync import Client
 from artiq_bus.net import BusAddress
 
 READY_LINE = "ARTIQ master is now ready."
@@ -73,9 +73,6 @@ class Empty(EnvExperiment):
 
     def run(self):
         self._report("run")
-
-    def analyze(self):
-        self._report("analyze")
 '''
 
 
@@ -123,48 +120,87 @@ class MasterUnderTest:
 
 
 class Stages:
-    """The Unix datagram socket the experiment reports its stages to."""
+    """The Unix datagram socket the experiment reports ``run()`` to (read on the
+    event loop)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(path))
-        self._sock.settimeout(TIMEOUT_S)
+        self._sock.setblocking(False)
 
-    def next(self) -> tuple[str, int, float]:
-        """The next report: stage, RID, time (raises on the deadline)."""
-        stage, rid, stamp = self._sock.recv(256).decode().split()
-        return stage, int(rid), float(stamp)
-
-    def wait_for(self, stage: str, rid: int) -> float:
-        while True:
-            got_stage, got_rid, stamp = self.next()
-            if (got_stage, got_rid) == (stage, rid):
-                return stamp
+    async def run_started(self, rid: int) -> float:
+        """When run ``rid``'s ``run()`` started (earlier reports are skipped)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                stage, got, stamp = (await loop.sock_recv(self._sock, 256)).decode().split()
+                if (stage, int(got)) == ("run", rid):
+                    return float(stamp)
 
     def close(self) -> None:
         self._sock.close()
 
 
-async def burst_s(address: BusAddress, expid: dict[str, object]) -> float:
+class Session:
+    """A connected client and a replica of the master's ``schedule``."""
+
+    def __init__(self, address: BusAddress):
+        self.client, self.subscriber = AsyncClient(address), Subscriber(address.notify)
+        self.schedule = Replica(self.client, self.subscriber, "schedule", service="scheduler")
+
+    async def __aenter__(self) -> "Session":
+        await self.client.start()
+        await self.subscriber.start()
+        await self.schedule.start(TIMEOUT_S)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.schedule.stop()
+        await self.subscriber.stop()
+        await self.client.stop()
+
+    async def submit(self, expid: dict[str, object]) -> int:
+        rid: int = await self.client.call("scheduler", "submit", "main", expid, 0, None,
+                                          False, timeout_s=TIMEOUT_S)
+        return rid
+
+    async def gone(self, rids: set[int]) -> None:
+        """Until none of ``rids`` is in the schedule any more (completed, deleted)."""
+        await self.schedule.wait_for(lambda runs: not runs.keys() & rids, TIMEOUT_S)
+
+
+async def latencies_s(session: Session, expid: dict[str, object],
+                      stages: Stages) -> list[float]:
+    """Submit → ``run()`` of ``LATENCY_RUNS`` runs, each submitted once the one before
+    has left the schedule (an idle master)."""
+    latencies = []
+    for index in range(WARMUP_RUNS + LATENCY_RUNS):
+        submitted = time.time()
+        rid = await session.submit(expid)
+        started = await stages.run_started(rid)
+        await session.gone({rid})
+        if index >= WARMUP_RUNS:
+            latencies.append(started - submitted)
+    return latencies
+
+
+async def burst_s(session: Session, expid: dict[str, object]) -> float:
     """Seconds from submitting ``BURST`` runs at once (every call in flight) until the
     schedule is empty again."""
-    client, subscriber = AsyncClient(address), Subscriber(address.notify)
-    await client.start()
-    await subscriber.start()
-    schedule = Replica(client, subscriber, "schedule", service="scheduler")
-    try:
-        await schedule.start(TIMEOUT_S)
-        started = time.perf_counter()
-        rids = await asyncio.gather(*(
-            client.call("scheduler", "submit", "main", expid, 0, None, False,
-                        timeout_s=TIMEOUT_S) for _ in range(BURST)))
-        await schedule.wait_for(lambda runs: not runs.keys() & set(rids), TIMEOUT_S)
-        return time.perf_counter() - started
-    finally:
-        await schedule.stop()
-        await subscriber.stop()
-        await client.stop()
+    started = time.perf_counter()
+    rids = await asyncio.gather(*(session.submit(expid) for _ in range(BURST)))
+    await session.gone(set(rids))
+    return time.perf_counter() - started
+
+
+async def measure(address: BusAddress, expid: dict[str, object],
+                  stages: Stages) -> tuple[list[float], float]:
+    async with Session(address) as session:
+        latencies = await latencies_s(session, expid, stages)
+        # not reporting stages: a Unix datagram socket queues only ~10 messages
+        silent = {**expid, "arguments": {"sock": ""}}
+        return latencies, BURST / await burst_s(session, silent)
 
 
 def bare_fork_s() -> list[float]:
@@ -185,27 +221,11 @@ def body(report: Report) -> None:
         directory = Path(temp)
         stages = Stages(directory / "stages.sock")
         master = MasterUnderTest(directory)
-        client = Client(master.address, timeout_s=TIMEOUT_S)
         expid = {"log_level": 30, "class_name": "Empty", "file": str(master.experiment),
                  "arguments": {"sock": str(stages.path)}}
-
-        def submit() -> int:
-            return client.call("scheduler", "submit", "main", expid, 0, None, False)
-
         try:
-            latencies = []
-            for index in range(WARMUP_RUNS + LATENCY_RUNS):
-                submitted = time.time()
-                rid = submit()
-                started = stages.wait_for("run", rid)
-                stages.wait_for("analyze", rid)
-                if index >= WARMUP_RUNS:
-                    latencies.append(started - submitted)
-            # not reporting stages: a Unix datagram socket queues only ~10 messages
-            silent = {**expid, "arguments": {"sock": ""}}
-            rate = BURST / asyncio.run(burst_s(master.address, silent))
+            latencies, rate = asyncio.run(measure(master.address, expid, stages))
         finally:
-            client.close()
             master.stop()
             stages.close()
         forks = bare_fork_s()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import multiprocessing
@@ -16,16 +17,21 @@ import multiprocessing.connection
 import os
 import platform
 import signal
+import socket
 import statistics
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 __all__ = ["Figure", "Report", "Child", "children", "recv", "arecv", "percentile",
+           "MasterProcess",
            "summarise_ns", "watchdog", "run", "SPAWN"]
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -136,6 +142,62 @@ def summarise_ns(samples_ns: Sequence[int]) -> dict[str, float]:
     """Median and p99 in microseconds."""
     return {"median_us": statistics.median(samples_ns) / 1e3,
             "p99_us": percentile(samples_ns, 99) / 1e3}
+
+
+# -- a real master -------------------------------------------------------------------
+
+READY_LINE = "ARTIQ master is now ready."
+_PR_SET_PDEATHSIG = 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the benchmark dies (its watchdog kills
+    it without cleanup), so that no master outlives it."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class MasterProcess:
+    """``artiq_master -q FLAGS`` in ``directory`` on free loopback ports (with an empty
+    ``device_db.py`` unless there is one), started as users start it."""
+
+    def __init__(self, directory: Path, *flags: str, timeout_s: float = 60.0):
+        from artiq_bus.net import BusAddress  # noqa: PLC0415 (benchmarks import late)
+        if not (directory / "device_db.py").exists():
+            (directory / "device_db.py").write_text("device_db = {}\n")
+        ports = [_free_port() for _ in range(3)]
+        self.address = BusAddress.from_host("127.0.0.1", *ports)
+        self._timeout_s = timeout_s
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "artiq_bus.frontend.artiq_master", "-q", *flags,
+             "--port-control", str(ports[0]), "--port-notify", str(ports[1]),
+             "--port-publish", str(ports[2])],
+            cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Until the ready line (the benchmark's watchdog bounds a silent master); the
+        output is then drained on a thread so that a full pipe never stalls it."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if READY_LINE in line:
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                return
+        raise RuntimeError(f"the master exited ({self.process.wait()}) before it was ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(self._timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(self._timeout_s)
 
 
 # -- the report -----------------------------------------------------------------------

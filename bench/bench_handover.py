@@ -27,23 +27,19 @@ import asyncio
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import h5py  # noqa: F401  (the raw limit forks a process as loaded as the zygote)
 
-from _common import Report, percentile, run
+from _common import MasterProcess, Report, percentile, run
 
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.replica import Replica
 from artiq_bus.client.subscriber import Subscriber
 from artiq_bus.net import BusAddress
 
-READY_LINE = "ARTIQ master is now ready."
 WARMUP_RUNS = 5
 LATENCY_RUNS = 60
 BURST = 100
@@ -76,47 +72,13 @@ class Empty(EnvExperiment):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MasterUnderTest:
-    """``artiq_master`` in a directory of its own, with the experiment file."""
+class MasterUnderTest(MasterProcess):
+    """The master, in a directory of its own with the experiment file."""
 
     def __init__(self, directory: Path):
-        self.directory = directory
-        (directory / "device_db.py").write_text("device_db = {}\n")
         self.experiment = directory / "empty.py"
         self.experiment.write_text(EXPERIMENT)
-        ports = [_free_port() for _ in range(3)]
-        self.address = BusAddress.from_host("127.0.0.1", *ports)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "artiq_bus.frontend.artiq_master", "-q",
-             "--port-control", str(ports[0]), "--port-notify", str(ports[1]),
-             "--port-publish", str(ports[2])],
-            cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        """Until the ready line (the benchmark's watchdog bounds a silent master); its
-        output is then drained on a thread so that a full pipe never stalls it."""
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if READY_LINE in line:
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
-                return
-        raise RuntimeError(f"the master exited ({self.process.wait()}) before it was ready")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(TIMEOUT_S)
+        super().__init__(directory, timeout_s=TIMEOUT_S)
 
 
 class Stages:

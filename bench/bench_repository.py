@@ -25,18 +25,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pygit2
 
-from _common import Report, run
+from _common import MasterProcess, Report, run
 
 from artiq_bus.client.sync import Client
-from artiq_bus.net import BusAddress
 
-READY_LINE = "ARTIQ master is now ready."
 FILES = 200
 RESCANS = 20
 IMPORTS = 5
@@ -57,33 +54,11 @@ class Experiment{n}(EnvExperiment):
 '''
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MasterUnderTest:
-    """``artiq_master`` in ``directory`` with extra flags; stopped by :meth:`stop`."""
+class MasterUnderTest(MasterProcess):
+    """The master with extra flags and a client to its repository service."""
 
     def __init__(self, directory: Path, *flags: str):
-        (directory / "device_db.py").write_text("device_db = {}\n")
-        ports = [_free_port() for _ in range(3)]
-        self.address = BusAddress.from_host("127.0.0.1", *ports)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "artiq_bus.frontend.artiq_master", "-q", *flags,
-             "--port-control", str(ports[0]), "--port-notify", str(ports[1]),
-             "--port-publish", str(ports[2])],
-            cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL)
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # the benchmark's watchdog bounds a silent master
-            if READY_LINE in line:
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
-                break
-        else:
-            raise RuntimeError(f"the master exited ({self.process.wait()}) before ready")
+        super().__init__(directory, *flags, timeout_s=TIMEOUT_S)
         self.client = Client(self.address, timeout_s=TIMEOUT_S)
 
     def scan_s(self) -> float:
@@ -96,12 +71,7 @@ class MasterUnderTest:
 
     def stop(self) -> None:
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(TIMEOUT_S)
+        super().stop()
 
 
 def _sources() -> dict[str, str]:

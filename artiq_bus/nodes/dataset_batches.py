@@ -10,26 +10,31 @@ rest.
 
 Root updates (``setitem``/``delitem`` at path ``[]``: a dataset created, replaced or
 deleted) go through the node's general path, in their place in the batch: their entry
-is normalised (a tuple, a ``bool`` flag) before it is stored and published.
+is normalised (a tuple, a ``bool`` flag) before it is stored and published.  An update
+that does not decode is refused like any other bad update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from numpy import ndarray
 
 from ..protocol import (EncodeError, ProtocolError, UpdateAction, apply_update, body_ends,
-                        unpack)
+                        msgpack_array_header, unpack)
 from ..protocol.updates import thaw
 from ..runtime.structs import StructOwner
 
 __all__ = ["Batch", "BatchApplier", "decode_batch", "check_value_update",
-           "apply_value_update", "REFUSED", "VALUE"]
+           "apply_value_update", "CHUNK", "REFUSED", "VALUE"]
 
 #: Position of the value in a ``(persist, value, metadata)`` entry.
 VALUE = 1
+#: Updates decoded at once, and at most forwarded in one slice.  A whole large batch
+#: decoded at once would outlive several garbage collections (each then costs more)
+#: and make large messages, which subscribers decode at once too.
+CHUNK = 256
 #: What a refused update raises (reported to the sender, never fatal).
 REFUSED = (ProtocolError, EncodeError, KeyError, IndexError, TypeError, ValueError, AttributeError,
            OverflowError)
@@ -44,21 +49,36 @@ _FIXARRAY, _ARRAY16, _ARRAY32 = 0x90, 0xDC, 0xDD
 
 
 class Batch:
-    """Decoded updates and their bytes (``region``: the updates packed one after
-    another)."""
+    """The updates of one ``apply_updates`` body, packed one after another in
+    ``region`` (``ends``: where each one ends), decoded a chunk at a time."""
 
-    def __init__(self, region: memoryview, updates: list[Any]):
-        self.region, self.updates = region, updates
-        self._ends: list[int] | None = None
+    def __init__(self, region: memoryview, ends: list[int]):
+        self.region, self.ends = region, ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
 
     def packed(self, first: int, count: int) -> memoryview:
         """The bytes of updates ``first`` to ``first + count - 1``."""
-        if count == len(self.updates):
-            return self.region  # the common case: no need to find where each one ends
-        if self._ends is None:
-            self._ends = body_ends(self.region, len(self.updates))
-        start = self._ends[first - 1] if first else 0
-        return self.region[start:self._ends[first + count - 1]]
+        start = self.ends[first - 1] if first else 0
+        return self.region[start:self.ends[first + count - 1]]
+
+    def chunks(self) -> Iterator[tuple[int, list[Any]]]:
+        """``(index of the first, updates)``, :data:`CHUNK` updates at a time.  An
+        update that does not decode is the ProtocolError that says why."""
+        for first in range(0, len(self.ends), CHUNK):
+            count = min(CHUNK, len(self.ends) - first)
+            try:
+                yield first, unpack(b"".join((msgpack_array_header(count),
+                                              self.packed(first, count))))
+            except ProtocolError:
+                yield first, [self._decode_one(index) for index in range(first, first + count)]
+
+    def _decode_one(self, index: int) -> Any:
+        try:
+            return unpack(self.packed(index, 1))
+        except ProtocolError as exc:
+            return exc
 
 
 def decode_batch(body: Any) -> Batch | None:
@@ -70,18 +90,18 @@ def decode_batch(body: Any) -> Batch | None:
         return None
     marker = view[2]
     if _FIXARRAY <= marker < _FIXARRAY + 16:
-        start = 3
+        count, start = marker - _FIXARRAY, 3
     elif marker == _ARRAY16:
-        start = 5
+        count, start = int.from_bytes(view[3:5], "big"), 5
     elif marker == _ARRAY32:
-        start = 7
+        count, start = int.from_bytes(view[3:7], "big"), 7
     else:
         return None
+    region = view[start:-1]
     try:
-        updates = unpack(view[2:-1])
+        return Batch(region, body_ends(region, count))
     except ProtocolError:
         return None  # not that shape after all (a kwargs map ends with 0x80 too)
-    return Batch(view[start:-1], updates)
 
 
 def check_value_update(data: dict[str, Any], update: Any) -> str | None:
@@ -136,16 +156,26 @@ class BatchApplier:
 
     def apply(self, batch: Batch) -> tuple[bool, list[str]]:
         """Whether a persistent dataset changed, and why each refused update was."""
-        owner = self._owner
         durable, refused, touched = False, [], set()
-        run_key, run_first, run_count = None, 0, 0  # forwarded updates not yet queued
-        for index, update in enumerate(batch.updates):
+        for first, updates in batch.chunks():
+            durable = self._apply_chunk(batch, first, updates, refused, touched) or durable
+        for key in touched:
+            durable = self._persistent(key) or durable
+        return durable, refused
+
+    def _apply_chunk(self, batch: Batch, first: int, updates: list[Any], refused: list[str],
+                     touched: set[str]) -> bool:
+        """Apply decoded updates ``first``, ``first + 1``, ...; forward runs of
+        accepted changes to one dataset, each as one slice of the batch."""
+        durable, queue = False, self._owner.queue_packed
+        run_key, run_first, run_count = None, first, 0
+        for index, update in enumerate(updates, first):
             key = self._accept(update, refused)
             if run_count and key == run_key:
                 run_count += 1
                 continue
             if run_count:
-                owner.queue_packed(run_key, batch.packed(run_first, run_count), run_count)
+                queue(run_key, batch.packed(run_first, run_count), run_count)
             run_key, run_first, run_count = key, index, 0
             if key is _ROOT:  # after what came before it, before what follows
                 durable = self._root(update, refused) or durable
@@ -153,16 +183,16 @@ class BatchApplier:
                 run_count = 1
                 touched.add(key)
         if run_count:
-            owner.queue_packed(run_key, batch.packed(run_first, run_count), run_count)
-        for key in touched:
-            durable = self._persistent(key) or durable
-        return durable, refused
+            queue(run_key, batch.packed(run_first, run_count), run_count)
+        return durable
 
     def _accept(self, update: Any, refused: list[str]) -> Any:
         """Apply a change inside a value and return its dataset; :data:`_ROOT` for a
         root update (not applied yet); None if refused."""
         data = self._owner.data
         try:
+            if isinstance(update, ProtocolError):
+                raise update  # it did not decode
             key = check_value_update(data, update)
             if key is None:
                 return _ROOT

@@ -173,7 +173,7 @@ class DatasetsNode:
             return self._apply_updates(*args, **kwargs)
         assert self._batches is not None
         durable, refused = self._batches.apply(batch)
-        return self._finish(durable, refused, len(batch.updates))
+        return self._finish(durable, refused, len(batch))
 
     def _apply_updates(self, updates: list[Any]) -> Awaitable[None] | None:
         if not isinstance(updates, list):

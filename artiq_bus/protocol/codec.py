@@ -110,6 +110,10 @@ def _default(buffers: list[Any], obj: Any) -> Any:
     raise EncodeError(f"cannot send a value of type {type(obj).__qualname__}")
 
 
+def _default_here(obj: Any) -> Any:
+    return _default(_state.buffers, obj)
+
+
 class _PackState(threading.local):
     """Each thread's packers, one per nesting depth (an extension's payload is packed
     while its container is being packed, so one packer cannot serve both), and the
@@ -117,37 +121,47 @@ class _PackState(threading.local):
     call costs more than packing a small update."""
 
     def __init__(self) -> None:
-        self.packers: list[msgpack.Packer] = []
+        self.packers: list[msgpack.Packer] = [_packer()]
         self.depth = 0
         self.buffers: list[Any] = []
+
+
+def _packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_default_here, strict_types=True, use_bin_type=True)
 
 
 _state = _PackState()
 
 
-def _default_here(obj: Any) -> Any:
-    return _default(_state.buffers, obj)
-
-
 def _packb(buffers: list[Any], obj: Any) -> bytes:
     state = _state
     depth = state.depth
-    if depth == 0:
-        state.buffers = buffers
-    while len(state.packers) <= depth:
-        state.packers.append(msgpack.Packer(default=_default_here, strict_types=True,
-                                            use_bin_type=True))
+    if depth == 0:  # a body (the common case): as few steps as can be
+        state.buffers, state.depth = buffers, 1
+        try:
+            return state.packers[0].pack(obj)
+        except EncodeError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"cannot encode value: {exc}") from None
+        finally:
+            state.buffers, state.depth = _NO_BUFFERS, 0
+    return _packb_nested(state, depth, obj)
+
+
+def _packb_nested(state: _PackState, depth: int, obj: Any) -> bytes:
+    """An extension's payload, packed while its container is being packed."""
+    if len(state.packers) <= depth:
+        state.packers.append(_packer())
     state.depth = depth + 1
     try:
         return state.packers[depth].pack(obj)
-    except EncodeError:
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise EncodeError(f"cannot encode value: {exc}") from None
     finally:
         state.depth = depth
-        if depth == 0:
-            state.buffers = []
+
+
+#: What ``_state.buffers`` holds between bodies (never appended to: no body is packed).
+_NO_BUFFERS: list[Any] = []
 
 
 def pack_into(buffers: list[Any], obj: Any) -> bytes:

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 #: A key's queued updates are published at once when their bodies reach this size:
 #: a burst does not become one huge message (subscribers' queues count messages).
-MAX_GROUP_BYTES = 8 * 1024
+MAX_GROUP_BYTES = 64 * 1024
 
 
 class Publisher:

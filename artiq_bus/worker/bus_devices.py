@@ -30,6 +30,10 @@ WAIT_FOREVER_S = 30 * 24 * 3600.0
 #: While a run streams dataset updates, its bus thread sends them this often: the first
 #: update after a pause leaves at once, the rest at most this much later, in batches.
 BATCH_WINDOW_S = 0.001
+#: A batch is at most about this large (the master applies one in one go).  Not much
+#: smaller: the bus thread gives the GIL up at every frame it sends, and while the
+#: experiment computes it gets it back only after the switch interval (5 ms).
+BATCH_MAX_BYTES = 256 * 1024
 #: How long the end of a stage may wait for its dataset updates to be applied and stored.
 SYNC_TIMEOUT_S = 120.0
 
@@ -153,7 +157,7 @@ class BusDatasetBackend:
 
     def _batches(self) -> list[tuple[bytes, list[Any]]]:
         """Everything queued, as message bodies ``[[updates], {}]`` and their frames."""
-        queue, batches, bodies = self._queue, [], []
+        queue, batches, bodies, size = self._queue, [], [], 0
         while True:
             try:
                 item = queue.popleft()
@@ -161,10 +165,14 @@ class BusDatasetBackend:
                 break
             if type(item) is bytes:
                 bodies.append(item)
+                size += len(item)
+                if size >= BATCH_MAX_BYTES:
+                    batches.append((_batch_body(bodies), []))
+                    bodies, size = [], 0
                 continue
             if bodies:
                 batches.append((_batch_body(bodies), []))
-                bodies = []
+                bodies, size = [], 0
             batches.append((_batch_body([item[0]]), item[1]))
         if bodies:
             batches.append((_batch_body(bodies), []))

@@ -127,8 +127,13 @@ def apply_update(target: dict[Any, Any], update: dict[str, Any]) -> dict[Any, An
     """
     try:
         action = update["action"]
-        if action == _SETITEM:  # first: by far the commonest
-            _walk(target, update["path"])[update["key"]] = update["value"]
+        if action == _SETITEM:  # first, and _walk inline: by far the commonest
+            container: Any = target
+            for index in update["path"]:
+                container = container[index]
+            if isinstance(container, ndarray) and not container.flags.writeable:
+                container = _walk_thawing(target, update["path"])
+            container[update["key"]] = update["value"]
         elif action == _APPEND:
             _walk(target, update["path"]).append(update["x"])
         elif action == _DELITEM:

@@ -366,10 +366,13 @@ class Broker:
             self._reader.after_send()
 
     def _tick(self, now: float) -> None:
-        for entry in self.registry.silent_services(now - self.config.liveness *
-                                                   self.config.heartbeat_interval_s):
-            if entry.identity not in self._local:  # local services live as long as we do
-                self._service_lost(entry, "no heartbeat")
+        # Messages waiting unread mean the broker is behind: a service's silence may be
+        # ours, so nobody is declared dead until the backlog is read.
+        if not self._router.get(zmq.EVENTS) & zmq.POLLIN:
+            for entry in self.registry.silent_services(now - self.config.liveness *
+                                                       self.config.heartbeat_interval_s):
+                if entry.identity not in self._local:  # local: live as long as we do
+                    self._service_lost(entry, "no heartbeat")
         for entry in self.registry.services():
             if entry.identity in self._local:
                 continue

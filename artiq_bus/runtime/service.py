@@ -227,9 +227,19 @@ class ServiceHost:
         while not bye.done():
             remaining = self._last_heard + silence_s - time.monotonic()
             if remaining <= 0:
-                return False
+                if not self._inbox_waiting():
+                    return False
+                remaining = silence_s  # our backlog, not the broker's silence
             await asyncio.wait([bye], timeout=remaining)
         return bye.result()
+
+    def _inbox_waiting(self) -> bool:
+        """Whether messages wait unread: then silence is our own backlog (this process
+        was busy: a flood, a starved thread), not evidence that the broker is gone."""
+        try:
+            return self._sock is not None and bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return False
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         if self._bye is None or self._bye.done():

@@ -103,6 +103,32 @@ class AsyncClient:
             timer.cancel()
             self._pending.pop(request_id, None)
 
+    def request(self, service: str, method: str, /, *args: Any,
+                timeout_s: float | None = None, **kwargs: Any) -> "asyncio.Future[Any]":
+        """Send a call now; the future of its reply.  Unlike :meth:`call` (a coroutine,
+        which sends when first awaited), the request leaves before this returns: it
+        keeps its place among the one-way messages and calls sent around it."""
+        body, buffers = pack([list(args), kwargs])
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        request_id = next(self._ids).to_bytes(8, "big")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        timer = loop.call_later(timeout_s, self._expire, future, service, method, timeout_s)
+
+        def forget(_: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+
+        self._pending[request_id] = future
+        try:
+            self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
+                        method.encode(), encode_timeout(timeout_s), body, *buffers])
+        except BaseException:
+            forget(future)
+            raise
+        future.add_done_callback(forget)
+        return future
+
     def _expire(self, future: asyncio.Future[Any], service: str, method: str,
                 timeout_s: float) -> None:
         if not future.done():

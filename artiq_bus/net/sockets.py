@@ -108,7 +108,10 @@ class SocketReader:
         self._on_message = on_message
         self._copy = copy
         self._closed = False
-        self._check_scheduled = False
+        #: A drain is queued on the loop: at most one at a time, or every wake-up of the
+        #: descriptor would start one more drain per loop turn (a flood then makes each
+        #: turn longer and longer, and timers, heartbeats among them, fire later and later).
+        self._drain_queued = False
         self._draining = False
         self._waiter: asyncio.Future[None] | None = None
         self._fd = sock.FD
@@ -116,8 +119,8 @@ class SocketReader:
         if on_message is None:
             self._loop.add_reader(self._fd, self._wake)
         else:
-            self._loop.add_reader(self._fd, self._drain)
-            self._loop.call_soon(self._drain)  # input may already wait, unsignalled
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._queue_drain()  # input may already wait, unsignalled
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -127,6 +130,20 @@ class SocketReader:
     def _readable(self) -> bool:
         """Whether a message waits; also consumes the file descriptor's signal."""
         return bool(_get(self._sock, _EVENTS) & _POLLIN)
+
+    def _on_readable(self) -> None:
+        """The descriptor signalled: drain now, unless a queued drain will look anyway."""
+        if not self._drain_queued:
+            self._drain()
+
+    def _queue_drain(self) -> None:
+        if not self._drain_queued:
+            self._drain_queued = True
+            self._loop.call_soon(self._queued_drain)
+
+    def _queued_drain(self) -> None:
+        self._drain_queued = False
+        self._drain()
 
     def _drain(self) -> None:
         """Hand every waiting message to ``on_message`` (at most ``batch`` per turn)."""
@@ -149,7 +166,7 @@ class SocketReader:
                     logger.exception("reader: message handler failed")
         finally:
             self._draining = False
-        self._loop.call_soon(self._drain)  # more may wait: let the loop run others first
+        self._queue_drain()  # more may wait: let the loop run others first
 
     async def recv_batch(self, copy: bool = False) -> list[list[Any]]:
         """At least one message, at most ``batch``, each a list of frames."""
@@ -173,15 +190,10 @@ class SocketReader:
         """
         if self._on_message is not None:
             # Sends made while draining are followed by the drain's own EVENTS check.
-            if not self._check_scheduled and not self._draining:
-                self._check_scheduled = True
-                self._loop.call_soon(self._check_after_send)
+            if not self._draining:
+                self._queue_drain()
         elif self._waiter is not None and self._readable():
             self._wake()
-
-    def _check_after_send(self) -> None:
-        self._check_scheduled = False
-        self._drain()
 
     def close(self) -> None:
         self._closed = True

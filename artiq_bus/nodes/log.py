@@ -2,9 +2,10 @@
 backlog for late joiners, writes a rotating log file, prints them on the console, and
 publishes them on the ``log`` stream.
 
-Records arrive one-way (``log.emit``) from every node, worker and controller manager;
-each is ``{"level", "source", "time", "name", "message"}``.  Processes filter their own
-records by their own level before sending; the log node shows everything it receives.
+Records arrive as ``log.emit`` calls (the replies pace the senders; one-way messages
+are taken too) from every node, worker and controller manager; each is
+``{"level", "source", "time", "name", "message"}``.  Processes filter their own records
+by their own level before sending; the log node shows everything it receives.
 A late joiner subscribes to ``stream\\0log\\0``, then calls ``log.backlog`` and skips
 stream items numbered at or below the backlog's ``seq``.
 """
@@ -111,7 +112,7 @@ class LogNode:
 
     @rpc
     def emit(self, records: list[dict[str, Any]]) -> None:
-        """Take records (one-way): number, keep, write, print, publish."""
+        """Take records: number, keep, write, print, publish."""
         if not isinstance(records, list):
             raise TypeError("emit takes a list of records")
         for record in records:

@@ -1,16 +1,22 @@
 """Sending a process's log records to the log service, without ever blocking.
 
-Records are batched per loop turn and sent one-way to ``log.emit``.  The queue is
-bounded: when the bus cannot keep up the oldest records are dropped and counted (a log
-storm must not take the process's memory).  Records may come from any thread.
+Records are batched per loop turn and sent to ``log.emit`` as calls, a few batches of a
+few hundred records in flight: the log service's replies pace the sender, so a flood
+waits here, where producers that can wait (a worker's captured output) see it
+(:attr:`BusLogHandler.backlogged`), instead of in socket queues where it would hold up
+the log service's process.  The queue is bounded: when the bus cannot keep up the oldest
+records are dropped and counted (a log storm must not take the process's memory).
+Records may come from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..protocol import BusError
@@ -19,6 +25,13 @@ from ..client.aio import AsyncClient
 __all__ = ["BusLogHandler", "record_to_wire", "LOG_SERVICE"]
 
 LOG_SERVICE = "log"
+#: Records per message: the log service handles a message in one go, so a large one
+#: would hold up its loop (timers, heartbeats) for as long as it takes.
+BATCH_RECORDS = 256
+#: Batches sent and not yet answered.
+IN_FLIGHT = 4
+#: How long a batch may wait for its answer before it counts as dropped.
+EMIT_TIMEOUT_S = 10.0
 
 
 def record_to_wire(record: logging.LogRecord, default_source: str) -> dict[str, Any]:
@@ -46,6 +59,32 @@ class BusLogHandler(logging.Handler):
         self._loop_thread = threading.get_ident()
         self._scheduled = False
         self._sending = threading.local()
+        self._in_flight = 0
+        #: Called (on the loop) once the handler is no longer backlogged.
+        self._on_room: list[Callable[[], None]] = []
+        self._idle: asyncio.Event = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether more records wait than one window of batches carries: producers that
+        can wait should (read from the loop's thread)."""
+        return len(self._queue) >= BATCH_RECORDS * IN_FLIGHT
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once the handler is not :attr:`backlogged`."""
+        if self.backlogged:
+            self._on_room.append(callback)
+        else:
+            self._loop.call_soon(callback)
+
+    async def drained(self, timeout_s: float = EMIT_TIMEOUT_S) -> None:
+        """Wait (at most ``timeout_s``) until every queued record has been answered for."""
+        self._flush()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            pass  # what is still queued counts as dropped when its call fails
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._sending, "active", False):
@@ -74,14 +113,30 @@ class BusLogHandler(logging.Handler):
 
     def _flush(self) -> None:
         self._scheduled = False
-        records = list(self._queue)
-        self._queue.clear()
-        if not records:
-            return
-        self._sending.active = True
-        try:
-            self._client.send(LOG_SERVICE, "emit", records)
-        except BusError:
-            self.dropped += len(records)
-        finally:
-            self._sending.active = False
+        queue = self._queue
+        while queue and self._in_flight < IN_FLIGHT:
+            records = [queue.popleft() for _ in range(min(len(queue), BATCH_RECORDS))]
+            self._sending.active = True
+            try:
+                reply = self._client.request(LOG_SERVICE, "emit", records,
+                                             timeout_s=EMIT_TIMEOUT_S)
+            except BusError:
+                self.dropped += len(records)
+                continue
+            finally:
+                self._sending.active = False
+            self._in_flight += 1
+            self._idle.clear()
+            reply.add_done_callback(functools.partial(self._answered, count=len(records)))
+        if not self.backlogged and self._on_room:
+            callbacks, self._on_room = self._on_room, []
+            for callback in callbacks:
+                callback()
+        if not queue and not self._in_flight:
+            self._idle.set()
+
+    def _answered(self, reply: "asyncio.Future[Any]", *, count: int) -> None:
+        self._in_flight -= 1
+        if reply.cancelled() or reply.exception() is not None:
+            self.dropped += count
+        self._flush()

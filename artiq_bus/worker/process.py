@@ -54,7 +54,7 @@ class WorkerBus:
 
     def capture_output(self, forward: Callable[[str, str], None]) -> None:
         """Make fds 1 and 2 log records (from the main thread, before user code)."""
-        self.output = _OutputCapture(self.loop, forward)
+        self.output = _OutputCapture(self.loop, forward, self.log_handler)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stopped.set)
@@ -127,41 +127,79 @@ class _StageService:
         self._jobs.put(None)
 
 
+#: Bytes read from a pipe at a time: so few lines that, read on top of a backlog that
+#: has just paused the pipes, they never overflow the log handler's queue.
+_READ_BYTES = 8192
+
+
 class _OutputCapture:
     """File descriptors 1 and 2 point at pipes that the bus loop reads (no thread of
-    their own): each line becomes a log record via ``forward(stream, line)``."""
+    their own): each line becomes a log record via ``forward(stream, line)``.
+
+    While the log handler is backlogged the pipes are not read: an experiment that
+    prints faster than the log service takes its lines then waits in ``write`` (a full
+    pipe), instead of its lines piling up in this process or the master's.
+    """
 
     _STREAMS = ((1, "print"), (2, "stderr"))
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 forward: Callable[[str, str], None]):
-        self._loop, self._forward = loop, forward
+                 forward: Callable[[str, str], None], handler: BusLogHandler):
+        self._loop, self._forward, self._handler = loop, forward, handler
         self._partial: dict[int, bytes] = {}
+        self._names: dict[int, str] = {}
+        self._paused = False
+        self._drained = False
         for fd, name in self._STREAMS:
             read_end, write_end = os.pipe()
             os.dup2(write_end, fd)
             os.close(write_end)
             os.set_blocking(read_end, False)
             self._partial[read_end] = b""
+            self._names[read_end] = name
             loop.call_soon_threadsafe(loop.add_reader, read_end, self._read, read_end, name)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives forever)
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
     def _read(self, fd: int, name: str) -> None:
         try:
-            chunk = os.read(fd, 65536)
+            chunk = os.read(fd, _READ_BYTES)
         except BlockingIOError:
             return
         *lines, self._partial[fd] = (self._partial[fd] + chunk).split(b"\n")
         for line in lines:
             self._forward(name, line.decode(errors="replace"))
+        if self._handler.backlogged and not self._paused:
+            self._paused = True
+            for read_end in self._partial:
+                self._loop.remove_reader(read_end)
+            self._handler.when_room(self._resume)
+
+    def _resume(self) -> None:
+        if not self._paused or self._drained:
+            return
+        self._paused = False
+        for read_end, name in self._names.items():
+            self._loop.add_reader(read_end, self._read, read_end, name)
 
     def drain(self) -> None:
         """Forward what is still in the pipes (on the loop, before it stops)."""
+        self._drained = True
+        for fd in self._partial:
+            self._loop.remove_reader(fd)
+        # Empty the pipes before flushing: a paused pipe may be full, and a flush into
+        # a full pipe would block this loop, its only reader, for good.
+        self._read_all()
         sys.stdout.flush()
         sys.stderr.flush()
-        for (_, name), fd in zip(self._STREAMS, self._partial):
-            self._loop.remove_reader(fd)
+        self._read_all()
+        for fd, name in self._names.items():
+            *lines, rest = self._partial[fd].split(b"\n")
+            for line in [*lines, rest] if rest else lines:
+                self._forward(name, line.decode(errors="replace"))
+
+    def _read_all(self) -> None:
+        for fd in self._partial:
             while True:
                 try:
                     chunk = os.read(fd, 65536)
@@ -170,9 +208,6 @@ class _OutputCapture:
                 if not chunk:
                     break
                 self._partial[fd] += chunk
-            *lines, rest = self._partial[fd].split(b"\n")
-            for line in [*lines, rest] if rest else lines:
-                self._forward(name, line.decode(errors="replace"))
 
 
 def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, Any],
@@ -198,7 +233,8 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
                 os._exit(1)
             if worker_bus.output is not None:
                 worker_bus.output.drain()
-            handler.flush()
+            # Within main()'s 5 s wait for this thread: the last records go out first.
+            await handler.drained(timeout_s=3.0)
             await host.stop()
         except BaseException as exc:
             if not ready.done():

@@ -7,6 +7,7 @@ Subcommands arrive with the services they use; each is one small ``_action_*`` f
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,9 @@ def _run(action: Callable[[Session], None], args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Ctrl-C ends the live views even when started from a shell that ignores SIGINT
+    # for its background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     with reporting_errors(PROGRAM):
         try:

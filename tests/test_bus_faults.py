@@ -50,11 +50,11 @@ def echo(master: Master) -> Iterator[EchoNode]:
 
 async def start_slow_calls(client: AsyncClient, count: int) -> list[asyncio.Future[object]]:
     """``count`` calls that would take a minute; returns once the service has them."""
-    calls = [asyncio.ensure_future(client.call("echo", "sleep_echo", i, 60.0,
-                                               timeout_s=LONG_S))
+    # ``request`` sends before it returns (``call`` would send only once its task runs):
+    # requests on one connection reach the service in order, so once "after" is
+    # answered, the service has started every slow call.
+    calls = [client.request("echo", "sleep_echo", i, 60.0, timeout_s=LONG_S)
              for i in range(count)]
-    # Requests on one connection reach the service in order: once this one is answered,
-    # the service has started every slow call.
     assert await client.call("echo", "echo", "after") == "after"
     assert not any(call.done() for call in calls)
     return calls

@@ -19,7 +19,8 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress, CurveServer, SocketReader, configure, send_frames
+from ..net import (BusAddress, CurveServer, SocketReader, configure,
+                   keepalive_instead_of_heartbeats, send_frames)
 from ..protocol import (VERSION, Command, DeadlineExceeded, NoSuchMethod, NoSuchService,
                         Overloaded, ProtocolError, ServiceDied, Status, check_name,
                         decode_timeout, error_to_wire, pack, split_command, unpack)
@@ -107,6 +108,7 @@ class Broker:
         xsub = configure(self._context.socket(zmq.XSUB), rcvhwm=100_000)
         xpub = configure(self._context.socket(zmq.XPUB), sndhwm=self.config.notify_hwm)
         xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+        keepalive_instead_of_heartbeats(xpub)
         for sock in (router, xsub, xpub):
             if curve is not None:
                 curve.apply(sock)

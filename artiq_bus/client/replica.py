@@ -70,7 +70,10 @@ class Replica:
         self._subscriber.subscribe(self._control, self._on_control)
         self._subscriber.on_reconnect.append(self.resync)
         self.resync()
-        await asyncio.wait_for(self.synced.wait(), timeout_s)
+        # Not wait_for: on Python 3.11 it swallows a cancellation (Ctrl-C) that arrives
+        # just as the snapshot does.
+        async with asyncio.timeout(timeout_s):
+            await self.synced.wait()
 
     async def stop(self) -> None:
         self._subscriber.unsubscribe(self._topic, self._on_update)

@@ -15,21 +15,14 @@ from collections.abc import Callable
 
 import zmq
 
-from ..net import CurveClient, SocketReader, configure, watch_connection
+from ..net import (CurveClient, SocketReader, configure, keepalive_instead_of_heartbeats,
+                   watch_connection)
 from ..protocol import sync_topic
 
 __all__ = ["Subscriber", "Handler"]
 
 logger = logging.getLogger(__name__)
 
-#: A reader that stalls (a busy loop, a frozen GUI) fills the socket's queue, and ZeroMQ
-#: stops reading the connection: its ZMTP heartbeats would then time out, drop a healthy
-#: connection, and libzmq 4.3 aborts the process when a connection replaced that way is
-#: woken up (zeromq/libzmq#3937).  Subscribers find a vanished broker with TCP keepalives
-#: instead, which the kernel answers however slow the reader is.
-_KEEPALIVE_IDLE_S = 5
-_KEEPALIVE_INTERVAL_S = 1
-_KEEPALIVE_PROBES = 5
 
 #: Called with a message's frames: ``[topic, version, body, *buffers]``.
 Handler = Callable[[list[zmq.Frame]], None]
@@ -54,11 +47,7 @@ class Subscriber:
 
     async def start(self) -> None:
         sock = configure(self._context.socket(zmq.SUB), rcvhwm=self._hwm)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTERVAL_S)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_PROBES)
+        keepalive_instead_of_heartbeats(sock)
         if self._curve is not None:
             self._curve.apply(sock)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
@@ -107,7 +96,8 @@ class Subscriber:
                 arrived.set_result(None)
         self.subscribe(topic, on_sync)
         try:
-            await asyncio.wait_for(arrived, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await arrived
         finally:
             self.unsubscribe(topic, on_sync)
 

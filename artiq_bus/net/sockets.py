@@ -11,13 +11,22 @@ from typing import Any
 import zmq
 
 __all__ = ["configure", "SocketReader", "watch_connection", "MessageHandler", "send_frames", "recv_frames",
-           "TCP_HEARTBEAT_IVL_MS", "TCP_HEARTBEAT_TIMEOUT_MS", "MAX_MESSAGE_BYTES"]
+           "keepalive_instead_of_heartbeats", "TCP_HEARTBEAT_IVL_MS", "TCP_HEARTBEAT_TIMEOUT_MS", "MAX_MESSAGE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
 #: ZMTP-level pings find a peer that vanished without closing its connection.
 TCP_HEARTBEAT_IVL_MS = 1000
 TCP_HEARTBEAT_TIMEOUT_MS = 3000
+#: A reader that stalls (a busy loop, a frozen GUI) fills its socket's queue, and ZeroMQ
+#: stops reading the connection at both ends' engines: ZMTP heartbeats then time out at
+#: either end, drop a healthy connection, and libzmq 4.3 aborts the reader's process when
+#: a connection dropped that way is woken up (zeromq/libzmq#3937).  Publication
+#: connections find a vanished peer with TCP keepalives instead, which the kernel
+#: answers however slow the reader is.
+_KEEPALIVE_IDLE_S = 5
+_KEEPALIVE_INTERVAL_S = 1
+_KEEPALIVE_PROBES = 5
 #: A peer that sends a larger message is disconnected by ZeroMQ itself.
 MAX_MESSAGE_BYTES = 1 << 30
 
@@ -47,6 +56,16 @@ def configure(sock: zmq.Socket, *, sndhwm: int | None = None, rcvhwm: int | None
         sock.sndhwm = sndhwm
     if rcvhwm is not None:
         sock.rcvhwm = rcvhwm
+    return sock
+
+
+def keepalive_instead_of_heartbeats(sock: zmq.Socket) -> zmq.Socket:
+    """No ZMTP heartbeats on ``sock`` (a SUB or XPUB): TCP keepalives find dead peers."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, _KEEPALIVE_PROBES)
     return sock
 
 

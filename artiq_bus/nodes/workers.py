@@ -102,8 +102,9 @@ class WorkerPool:
             assert self._zygote.stdin is not None
             self._zygote.stdin.close()  # the zygote kills its workers and exits
             try:
-                await asyncio.wait_for(self._zygote.wait(), 5.0)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(5.0):
+                    await self._zygote.wait()
+            except TimeoutError:
                 self._zygote.kill()
                 await self._zygote.wait()
         if self._reader is not None:
@@ -221,6 +222,7 @@ class WorkerPool:
         waiter = asyncio.get_running_loop().create_future()
         self._exit_waiters.setdefault(pid, []).append(waiter)
         try:
-            return await asyncio.wait_for(waiter, timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
             return None

@@ -82,7 +82,8 @@ class BusLogHandler(logging.Handler):
         """Wait (at most ``timeout_s``) until every queued record has been answered for."""
         self._flush()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         except TimeoutError:
             pass  # what is still queued counts as dropped when its call fails
 

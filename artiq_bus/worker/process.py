@@ -222,7 +222,8 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
             host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)),
                                reconnect=False)
             await host.start()
-            await asyncio.wait_for(host.registered.wait(), 10.0)
+            async with asyncio.timeout(10.0):
+                await host.registered.wait()
             bus.client.send("workers", "ready", config["service"], os.getpid())
             worker_bus = WorkerBus(asyncio.get_running_loop(), bus, handler)
             ready.set_result(worker_bus)

@@ -191,6 +191,10 @@ def test_exception_in_each_stage(master: Master, tmp_path: Path) -> None:
                                     f".*ValueError.*failed in {stage}")
             wait_for_output(master, f"^ERROR:worker\\({rid},fails.py\\):.*{stage}\\(\\) "
                                     "failed:")
+    # prepare()'s request follows build()'s without waiting: after a failed build the
+    # worker refuses it, and nobody hears of that
+    assert not [line for line in master.lines
+                if "NotBuilt" in line or "worker(0,fails.py)" in line and "prepare()" in line]
     prepare_failed = ["pending", "preparing", "deleting", DELETED]
     assert watch.statuses(0) == prepare_failed
     assert watch.statuses(1) == prepare_failed

@@ -49,6 +49,7 @@ class BusWorkerHandle:
         self._closed = False
         self._watchdogs: dict[int, asyncio.TimerHandle] = {}
         self._watchdog_expired = False
+        self._prepare_reply: asyncio.Future[Any] | None = None
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
                     expid: dict[str, Any], priority: int) -> str | None:
@@ -59,8 +60,14 @@ class BusWorkerHandle:
             self._device_db())
         self._service, self._pid = worker["service"], worker["pid"]
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
-        class_name = await self._stage("build", rid, pipeline_name, wd, expid, priority,
-                                       device_db, timeout_s=BUILD_TIMEOUT_S)
+        build = self._send("build", rid, pipeline_name, wd, expid, priority, device_db,
+                           timeout_s=BUILD_TIMEOUT_S)
+        # prepare() always follows a successful build() (both are ARTIQ's "preparing"
+        # status): its request leaves now and waits in the worker, one round trip
+        # less.  After a failed build the worker refuses it, and nobody reads that.
+        self._prepare_reply = self._send("prepare")
+        self._prepare_reply.add_done_callback(_retrieve)
+        class_name = await self._outcome("build", build, BUILD_TIMEOUT_S)
         return class_name if isinstance(class_name, str) else None
 
     async def _device_db(self) -> dict[str, Any] | None:
@@ -73,7 +80,8 @@ class BusWorkerHandle:
         return device_db
 
     async def prepare(self) -> None:
-        await self._stage("prepare")
+        reply, self._prepare_reply = self._prepare_reply, None
+        await self._outcome("prepare", reply if reply is not None else self._send("prepare"))
 
     async def run(self) -> bool:
         self._run_stage = asyncio.ensure_future(self._stage("run"))
@@ -135,10 +143,21 @@ class BusWorkerHandle:
         except BusError as exc:
             logger.error("scheduler: closing the worker of RID %d failed: %s", self._rid, exc)
 
-    async def _stage(self, method: str, *args: Any, timeout_s: float = _FOREVER_S) -> Any:
+    def _send(self, method: str, *args: Any,
+              timeout_s: float = _FOREVER_S) -> "asyncio.Future[Any]":
+        """Send stage ``method``'s request now; the future of its reply."""
         assert self._service is not None
+        return self._client.request(self._service, method, *args, timeout_s=timeout_s)
+
+    async def _stage(self, method: str, *args: Any, timeout_s: float = _FOREVER_S) -> Any:
+        return await self._outcome(method, self._send(method, *args, timeout_s=timeout_s),
+                                   timeout_s)
+
+    async def _outcome(self, method: str, reply: "asyncio.Future[Any]",
+                       timeout_s: float = _FOREVER_S) -> Any:
+        """Stage ``method``'s result, its failure told as the scheduler's errors."""
         try:
-            return await self._client.call(self._service, method, *args, timeout_s=timeout_s)
+            return await reply
         except DeadlineExceeded:
             timeout = WorkerBuildTimeout if method == "build" else WorkerTimeout
             raise timeout(f"{method}() took more than {timeout_s:g} s") from None
@@ -158,3 +177,10 @@ class BusWorkerHandle:
                                            timeout_s=CLOSE_STEP_S + 1.0)
         except BusError:
             return None
+
+
+def _retrieve(reply: "asyncio.Future[Any]") -> None:
+    """A reply nobody may await (the pipelined prepare after a failed build): its
+    error is read here, so asyncio does not report it as never retrieved."""
+    if not reply.cancelled():
+        reply.exception()

@@ -6,7 +6,8 @@
      └── WorkerError
           ├── DeviceError               a device could not be created
           │    └── ControllerUnsupported  controllers cannot be used here
-          └── InteractiveUnavailable    no one to ask for interactive arguments
+          ├── InteractiveUnavailable    no one to ask for interactive arguments
+          └── NotBuilt                  a stage after a build() that failed
     BaseException
      └── RunDeletedWhilePaused          unwinds the experiment; no results file
 
@@ -17,7 +18,7 @@ Errors the experiment API defines for users (``DefaultMissing``,
 from __future__ import annotations
 
 __all__ = ["WorkerError", "DeviceError", "ControllerUnsupported", "InteractiveUnavailable",
-           "RunDeletedWhilePaused"]
+           "NotBuilt", "RunDeletedWhilePaused"]
 
 
 class WorkerError(Exception):
@@ -34,6 +35,11 @@ class ControllerUnsupported(DeviceError):
 
 class InteractiveUnavailable(WorkerError):
     """Interactive arguments were requested where no user can be asked."""
+
+
+class NotBuilt(WorkerError):
+    """A stage was asked of a worker whose experiment was not built: the master sends
+    ``prepare`` right behind ``build`` and drops this answer when the build failed."""
 
 
 class RunDeletedWhilePaused(BaseException):

@@ -20,7 +20,7 @@ from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
 from .compat import install_artiq_compat
 from .datasets import DatasetManager
 from .devices import DeviceDB, DeviceManager
-from .errors import RunDeletedWhilePaused
+from .errors import NotBuilt, RunDeletedWhilePaused
 from .examine import examine_file
 from .results import results_dir, results_path, write_results
 from .tools import file_import, get_experiment
@@ -106,6 +106,8 @@ class ExperimentRunner:
         return str(cls.__name__)
 
     def prepare(self) -> None:
+        if self._experiment is None:
+            raise NotBuilt("prepare() asked, but build() failed")
         self._experiment.prepare()
 
     def running(self) -> None:

@@ -30,7 +30,7 @@ from ..net import BusAddress, CurveClient
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
 from ..runtime.service import rpc, rpc_methods
-from .errors import RunDeletedWhilePaused
+from .errors import NotBuilt, RunDeletedWhilePaused
 
 __all__ = ["main", "WorkerBus"]
 
@@ -271,6 +271,8 @@ def main(config: dict[str, Any]) -> int:
             result = function()
         except RunDeletedWhilePaused as exc:
             logger.info("%s() stopped: %s while paused", name, exc)
+            error = exc
+        except NotBuilt as exc:  # build() failed and said why; the master drops this
             error = exc
         except BaseException as exc:
             # The experiment's own traceback, for its author, under its run's source.

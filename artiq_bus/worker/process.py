@@ -86,40 +86,41 @@ class WorkerBus:
 
 
 class _StageService:
-    """The methods the scheduler calls; each hands a job to the main thread."""
+    """The methods the scheduler calls; each hands a job to the main thread at once
+    (not from a task of its own: that would wait a loop turn) and returns the future
+    of its result."""
 
     def __init__(self, jobs: "queue.SimpleQueue[Job | None]", runner: Any):
         self._jobs, self._runner = jobs, runner
 
-    async def _in_main_thread(self, name: str, job: Callable[[], Any]) -> Any:
+    def _in_main_thread(self, name: str, job: Callable[[], Any]) -> "asyncio.Future[Any]":
         future = asyncio.get_running_loop().create_future()
         self._jobs.put((name, job, future))
-        return await future
+        return future
 
     @rpc
-    async def build(self, rid: int, pipeline_name: str, wd: str | None,
-                    expid: dict[str, Any], priority: int,
-                    device_db: dict[str, Any] | None = None) -> str:
-        return await self._in_main_thread(
+    def build(self, rid: int, pipeline_name: str, wd: str | None, expid: dict[str, Any],
+              priority: int, device_db: dict[str, Any] | None = None) -> "asyncio.Future[str]":
+        return self._in_main_thread(
             "build", lambda: self._runner.build(rid, pipeline_name, wd, expid, priority,
                                                 device_db))
 
     @rpc
-    async def prepare(self) -> None:
-        await self._in_main_thread("prepare", self._runner.prepare)
+    def prepare(self) -> "asyncio.Future[None]":
+        return self._in_main_thread("prepare", self._runner.prepare)
 
     @rpc
-    async def run(self) -> None:
+    def run(self) -> "asyncio.Future[None]":
         self._runner.running()
-        await self._in_main_thread("run", self._runner.run)
+        return self._in_main_thread("run", self._runner.run)
 
     @rpc
-    async def analyze(self) -> None:
-        await self._in_main_thread("analyze", self._runner.analyze)
+    def analyze(self) -> "asyncio.Future[None]":
+        return self._in_main_thread("analyze", self._runner.analyze)
 
     @rpc
-    async def examine(self, file: str) -> dict[str, Any]:
-        return await self._in_main_thread("examine", lambda: self._runner.examine(file))
+    def examine(self, file: str) -> "asyncio.Future[dict[str, Any]]":
+        return self._in_main_thread("examine", lambda: self._runner.examine(file))
 
     @rpc
     def terminate(self) -> None:

@@ -251,6 +251,7 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
 def main(config: dict[str, Any]) -> int:
     """Run a worker until told to terminate; the exit code."""
     from .experiment import ExperimentRunner  # user-facing code: imported in the child
+    from .warmup import rehearse_build
 
     jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
     ready: concurrent.futures.Future[WorkerBus] = concurrent.futures.Future()
@@ -258,6 +259,7 @@ def main(config: dict[str, Any]) -> int:
     bus_thread = threading.Thread(target=_run_bus, args=(ready, config, jobs, runner),
                                   name="worker-bus", daemon=True)
     bus_thread.start()
+    rehearse_build()  # while the bus thread connects
     worker_bus = ready.result(timeout=30.0)
     runner.attach(worker_bus)
     worker_bus.capture_output(runner.forward_output)

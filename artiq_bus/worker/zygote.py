@@ -36,7 +36,7 @@ import numpy  # noqa: F401
 import zmq  # noqa: F401
 
 from ..language import environment  # noqa: F401
-from . import experiment, process, results  # noqa: F401
+from . import experiment, process, results, warmup  # noqa: F401
 from .compat import ALIASES, install_artiq_compat
 
 __all__ = ["main"]

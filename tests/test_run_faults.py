@@ -71,6 +71,20 @@ class Dies(EnvExperiment):
                 time.sleep(600)
 '''
 
+HOLDS_THE_GIL = '''\
+import ctypes
+
+from artiq.experiment import *
+
+
+class HoldsTheGil(EnvExperiment):
+    def run(self):
+        # libc's sleep() called through PyDLL keeps the GIL: like a long C
+        # computation, nothing else in this process runs Python meanwhile
+        ctypes.PyDLL(None).sleep(4)
+        print("computed")
+'''
+
 HELLO = '''\
 from artiq.experiment import *
 
@@ -242,6 +256,21 @@ def test_worker_deaths(master: Master, tmp_path: Path) -> None:
     assert watch.statuses(last) == NORMAL_RUN
     assert read_results(results_file(tmp_path, last))["outcome"] == "completed"
     assert master.popen.poll() is None
+
+
+def test_a_long_computation_holding_the_gil_completes(master: Master,
+                                                       tmp_path: Path) -> None:
+    """run() holds the GIL for 4 s, twice the broker's heartbeat liveness: the worker's
+    bus thread is silent meanwhile, yet its connection is up, so the run is neither
+    declared dead nor killed."""
+    file = write_experiment(tmp_path, "gil.py", HOLDS_THE_GIL)
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file)
+        master.wait_for_line(printed(rid, "gil.py", "computed"), 30.0)
+        watch.wait_gone(rid)
+    assert watch.statuses(rid) == NORMAL_RUN
+    assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
+    assert not [line for line in master.lines if "died" in line]
 
 
 def test_build_timeout(tmp_path: Path) -> None:

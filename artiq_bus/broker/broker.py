@@ -21,9 +21,10 @@ import zmq
 
 from ..net import (BusAddress, CurveServer, SocketReader, configure,
                    keepalive_instead_of_heartbeats, send_frames)
-from ..protocol import (VERSION, Command, DeadlineExceeded, NoSuchMethod, NoSuchService,
-                        Overloaded, ProtocolError, ServiceDied, Status, check_name,
-                        decode_timeout, error_to_wire, pack, split_command, unpack)
+from ..protocol import (VERSION, Command, DeadlineExceeded, Liveness, NoSuchMethod,
+                        NoSuchService, Overloaded, ProtocolError, ServiceDied, Status,
+                        check_name, decode_timeout, error_to_wire, pack, split_command,
+                        unpack)
 from ..protocol.frames import MAX_REQUEST_ID_BYTES
 from .pubsub import PublicationProxy
 from .registry import Registry, RequestKey, ServiceEntry
@@ -309,12 +310,17 @@ class Broker:
         if (not isinstance(methods, list) or not methods
                 or not all(isinstance(m, str) and m for m in methods)):
             raise ProtocolError("REG body must be {'methods': [names]}")
+        try:
+            liveness = Liveness(declared.get("liveness", Liveness.HEARTBEAT.value))
+        except ValueError:
+            raise ProtocolError("REG liveness must be one of "
+                                f"{[rule.value for rule in Liveness]}") from None
         if name == BROKER_SERVICE:
             raise ProtocolError(f"service name {BROKER_SERVICE!r} is reserved")
         if self.registry.by_name(name) is None and self.registry.full():
             raise ProtocolError("too many services")
         replaced, owed = self.registry.register(name, identity, frozenset(methods),
-                                                time.monotonic())
+                                                time.monotonic(), liveness)
         if replaced is not None:
             logger.warning("broker: service %r registered again by a new peer; "
                            "the old one is dropped", name)

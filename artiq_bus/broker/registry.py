@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from ..protocol import Liveness
+
 __all__ = ["ServiceEntry", "InFlight", "Registry"]
 
 #: (caller identity, request id): the key of a request in flight.
@@ -22,6 +24,7 @@ class ServiceEntry:
     identity: bytes
     methods: frozenset[str]
     last_seen: float
+    liveness: Liveness = Liveness.HEARTBEAT
     in_flight: set[RequestKey] = dataclasses.field(default_factory=set)
 
 
@@ -61,8 +64,9 @@ class Registry:
     def full(self) -> bool:
         return len(self._by_name) >= self.max_services
 
-    def register(self, name: str, identity: bytes, methods: frozenset[str],
-                 now: float) -> tuple[ServiceEntry | None, list[RequestKey]]:
+    def register(self, name: str, identity: bytes, methods: frozenset[str], now: float,
+                 liveness: Liveness = Liveness.HEARTBEAT,
+                 ) -> tuple[ServiceEntry | None, list[RequestKey]]:
         """Register ``name`` at ``identity`` (a peer serves one service).
 
         Returns the entry of another peer that served ``name`` before (it is replaced:
@@ -75,11 +79,11 @@ class Registry:
             owed += self.unregister(previous)
         replaced = self._by_name.get(name)
         if replaced is not None and replaced.identity == identity:
-            replaced.methods, replaced.last_seen = methods, now
+            replaced.methods, replaced.last_seen, replaced.liveness = methods, now, liveness
             return None, owed
         if replaced is not None:
             owed += self.unregister(replaced)
-        entry = ServiceEntry(name, identity, methods, now)
+        entry = ServiceEntry(name, identity, methods, now, liveness)
         self._by_name[name] = entry
         self._by_identity[identity] = entry
         return replaced, owed
@@ -123,4 +127,6 @@ class Registry:
         return expired
 
     def silent_services(self, since: float) -> list[ServiceEntry]:
-        return [entry for entry in self._by_name.values() if entry.last_seen < since]
+        """The services judged by their heartbeats that were last heard before ``since``."""
+        return [entry for entry in self._by_name.values()
+                if entry.last_seen < since and entry.liveness is Liveness.HEARTBEAT]

@@ -5,7 +5,7 @@ from .codec import (OUT_OF_BAND_MIN_BYTES, ExtCode, freeze_buffers, pack, pack_i
 from .errors import (BusError, DeadlineExceeded, EncodeError, NoSuchMethod, NoSuchService,
                      Overloaded, ProtocolError, RemoteError, ServiceDied, Unauthorized,
                      Unavailable, error_from_wire, error_to_wire, register_error)
-from .frames import (MAX_NAME_BYTES, MAX_REQUEST_ID_BYTES, VERSION, Command, Status,
+from .frames import (MAX_NAME_BYTES, MAX_REQUEST_ID_BYTES, VERSION, Command, Liveness, Status,
                      check_name, decode_timeout, encode_timeout, split_command)
 from .publications import (control_topic, filter_level, key_text, levels,
                            msgpack_array_header, stream_topic, struct_filter_topic,
@@ -18,7 +18,7 @@ __all__ = [
     "BusError", "DeadlineExceeded", "EncodeError", "NoSuchMethod", "NoSuchService",
     "Overloaded", "ProtocolError", "RemoteError", "ServiceDied", "Unauthorized",
     "Unavailable", "error_from_wire", "error_to_wire", "register_error",
-    "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "VERSION", "Command", "Status",
+    "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "VERSION", "Command", "Liveness", "Status",
     "check_name", "decode_timeout", "encode_timeout", "split_command",
     "control_topic", "filter_level", "key_text", "levels", "msgpack_array_header",
     "stream_topic", "struct_filter_topic", "struct_topic", "sync_topic",

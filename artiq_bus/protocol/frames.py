@@ -45,7 +45,7 @@ from typing import Any
 
 from .errors import ProtocolError
 
-__all__ = ["VERSION", "Command", "Status", "encode_timeout", "decode_timeout",
+__all__ = ["VERSION", "Command", "Liveness", "Status", "encode_timeout", "decode_timeout",
            "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "check_name", "split_command"]
 
 #: Frame 0 of every message.  A peer that sends anything else is dropped.
@@ -69,6 +69,17 @@ class Command(bytes, enum.Enum):
     ACK = b"ACK"
     HEARTBEAT = b"HB"
     BYE = b"BYE"
+
+
+class Liveness(str, enum.Enum):
+    """How the broker tells that a service is gone (``"liveness"`` in its ``REG``)."""
+
+    #: Silence for ``liveness`` heartbeat intervals, or its connection gone.
+    HEARTBEAT = "heartbeat"
+    #: Only its connection gone (ZeroMQ's own heartbeats keep a live process's
+    #: connection up): for a service that may be silent for long, such as a worker
+    #: whose experiment holds the GIL in a long computation.
+    CONNECTION = "connection"
 
 
 class Status(bytes, enum.Enum):

@@ -15,6 +15,7 @@ import zmq
 
 from ..client.aio import AsyncClient
 from ..net import BusAddress, CurveClient
+from ..protocol import Liveness
 from .service import LocalBroker, ServiceHost
 from .structs import Publisher
 
@@ -43,10 +44,11 @@ class BusConnection:
         self.publisher.close()
 
     def service(self, name: str, methods: dict[str, Callable[..., Any]],
-                reconnect: bool = True) -> ServiceHost:
+                reconnect: bool = True,
+                liveness_by: Liveness = Liveness.HEARTBEAT) -> ServiceHost:
         """A (not yet started) service host on this connection."""
         return ServiceHost(self.context, self.address, name, methods, curve=self.curve,
-                           local=self.local, reconnect=reconnect)
+                           local=self.local, reconnect=reconnect, liveness_by=liveness_by)
 
 
 class BusNode(Protocol):

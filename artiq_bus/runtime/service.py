@@ -19,9 +19,9 @@ from typing import Any, Protocol, TypeVar
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
-from ..protocol import (VERSION, Command, EncodeError, NoSuchMethod, ProtocolError, Status,
-                        check_name, error_to_wire, freeze_buffers, pack, split_command,
-                        unpack)
+from ..protocol import (VERSION, Command, EncodeError, Liveness, NoSuchMethod, ProtocolError,
+                        Status, check_name, error_to_wire, freeze_buffers, pack,
+                        split_command, unpack)
 
 __all__ = ["rpc", "packed_rpc", "decode_arguments", "ServiceHost", "rpc_methods",
            "LocalBroker"]
@@ -100,7 +100,8 @@ class ServiceHost:
     def __init__(self, context: zmq.Context, address: BusAddress, name: str,
                  methods: dict[str, Callable[..., Any]], *, curve: CurveClient | None = None,
                  heartbeat_interval_s: float = 0.5, liveness: int = 4,
-                 local: LocalBroker | None = None, reconnect: bool = True):
+                 local: LocalBroker | None = None, reconnect: bool = True,
+                 liveness_by: Liveness = Liveness.HEARTBEAT):
         check_name(name.encode(), "service")
         self.name = name
         self._methods = {"ping": _ping, **methods}
@@ -120,6 +121,8 @@ class ServiceHost:
         self._local = local
         #: Connect again when the broker is lost (False: a worker, whose master is gone).
         self._reconnect = reconnect
+        #: How the broker tells this service is gone (told in the registration).
+        self._liveness_by = liveness_by
         #: Set when the host stopped serving for good: taken over, or broker lost
         #: without ``reconnect``.
         self.ended = asyncio.Event()
@@ -162,7 +165,7 @@ class ServiceHost:
             self._sock = None
 
     def _register(self) -> None:
-        body, _ = pack({"methods": sorted(self._methods)})
+        body, _ = pack({"methods": sorted(self._methods), "liveness": self._liveness_by.value})
         self._send([VERSION, Command.REGISTER.value, self.name.encode(), body])
         self._last_heard = time.monotonic()
 

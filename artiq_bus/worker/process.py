@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from ..net import BusAddress, CurveClient
+from ..protocol import Liveness
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
 from ..runtime.service import rpc, rpc_methods
@@ -220,8 +221,10 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
         try:
             await bus.start()
             handler = BusLogHandler(bus.client, "worker")
+            # An experiment may hold the GIL for minutes (a long C call): this thread's
+            # heartbeats then stop, but the process is alive and its connection too.
             host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)),
-                               reconnect=False)
+                               reconnect=False, liveness_by=Liveness.CONNECTION)
             await host.start()
             async with asyncio.timeout(10.0):
                 await host.registered.wait()

@@ -28,10 +28,12 @@ def test_constructors_build_the_documented_maps():
     assert U.append([0], 5) == {"action": "append", "path": [0], "x": 5}
     assert U.insert([1], 2, 5) == {"action": "insert", "path": [1], "i": 2, "x": 5}
     assert U.pop(["q"], -1) == {"action": "pop", "path": ["q"], "i": -1}
-    for update in (U.init({}), U.setitem([], 1, 2), U.pop([], 0)):
+    assert U.setitems(["p"], [0, 1], [5, 6]) == {"action": "setitems", "path": ["p"],
+                                                 "keys": [0, 1], "values": [5, 6]}
+    for update in (U.init({}), U.setitem([], 1, 2), U.pop([], 0), U.setitems([], [], [])):
         assert type(update["action"]) is str
-    assert {a.value for a in UpdateAction} == {"init", "setitem", "delitem", "append",
-                                               "insert", "pop"}
+    assert {a.value for a in UpdateAction} == {"init", "setitem", "setitems", "delitem",
+                                               "append", "insert", "pop"}
 
 
 def test_init_replaces_everything(via):
@@ -261,11 +263,18 @@ def random_update(rng, struct):
         return U.init({"r": random_value(rng), 0: [random_value(rng)]})
     path, node = rng.choice(list(containers(struct)))
     value = random_value(rng)
+    count = rng.randrange(5)  # for setitems: repeated keys too (the last one wins)
     if isinstance(node, dict):
         if node and rng.random() < 0.3:
             return U.delitem(path, rng.choice(list(node)))
+        if rng.random() < 0.2:
+            return U.setitems(path, [rng.choice(KEYS) for _ in range(count)],
+                              [random_value(rng) for _ in range(count)])
         return U.setitem(path, rng.choice(KEYS), value)
     n = len(node)
+    if n and rng.random() < 0.15:
+        return U.setitems(path, [rng.randrange(-n, n) for _ in range(count)],
+                          [random_value(rng) for _ in range(count)])
     choices = ["append", "insert"] + (["setitem", "setitem", "delitem", "pop"] if n else [])
     action = rng.choice(choices)
     if action == "append":
@@ -286,7 +295,10 @@ def apply_directly(struct, update):
     for index in update["path"]:
         node = node[index]
     value = copy.deepcopy(update.get("value", update.get("x")))
-    if action == "setitem":
+    if action == "setitems":
+        for key, item in zip(update["keys"], update["values"]):
+            node[key] = copy.deepcopy(item)
+    elif action == "setitem":
         node[update["key"]] = value
     elif action == "delitem":
         del node[update["key"]]

@@ -7,6 +7,10 @@ subscribers: an accepted change inside a value (path ``[name, 1, ...]``) is publ
 as the very bytes the worker sent (:meth:`StructOwner.queue_packed`), consecutive
 updates of one dataset as one slice.  Packing them again would cost as much as all the
 rest.
+A ``setitems`` update (a run of ``mutate_dataset`` calls) is applied item by item, each
+as the ``setitem`` it stands for: an item that does not fit is refused and the others
+applied; subscribers then get the dataset as it now is instead of the update
+(:class:`ItemsRefused`, rare: a worker checks each write before sending it).
 
 Root updates (``setitem``/``delitem`` at path ``[]``: a dataset created, replaced or
 deleted) go through the node's general path, in their place in the batch: their entry
@@ -23,11 +27,11 @@ from numpy import ndarray
 
 from ..protocol import (EncodeError, ProtocolError, UpdateAction, apply_update, body_ends,
                         msgpack_array_header, unpack)
-from ..protocol.updates import thaw
+from ..protocol.updates import check_items, thaw, walk
 from ..runtime.structs import StructOwner
 
-__all__ = ["Batch", "BatchApplier", "decode_batch", "check_value_update",
-           "apply_value_update", "CHUNK", "REFUSED", "VALUE"]
+__all__ = ["Batch", "BatchApplier", "ItemsRefused", "decode_batch", "check_value_update",
+           "apply_value_update", "apply_value_items", "CHUNK", "REFUSED", "VALUE"]
 
 #: Position of the value in a ``(persist, value, metadata)`` entry.
 VALUE = 1
@@ -40,6 +44,7 @@ REFUSED = (ProtocolError, EncodeError, KeyError, IndexError, TypeError, ValueErr
            OverflowError)
 
 _SETITEM = UpdateAction.SETITEM.value
+_SETITEMS = UpdateAction.SETITEMS.value
 #: What :meth:`BatchApplier._accept` says of a root update.
 _ROOT = object()
 _VALUE_ACTIONS = frozenset(a.value for a in UpdateAction if a is not UpdateAction.INIT)
@@ -142,6 +147,41 @@ def apply_value_update(data: dict[str, Any], key: str, update: dict[str, Any]) -
         raise ValueError(f"dataset {key!r}: {exc}") from None
 
 
+class ItemsRefused(ValueError):
+    """Items of a ``setitems`` update refused; ``applied`` others were applied (then
+    the dataset changed: publish it whole), ``durable`` whether that changed what is
+    on disk (the node sets it)."""
+
+    def __init__(self, message: str, applied: int):
+        super().__init__(message)
+        self.applied = applied
+        self.durable = False
+
+
+def apply_value_items(data: dict[str, Any], key: str, update: dict[str, Any]) -> None:
+    """Apply a checked ``setitems`` inside dataset ``key``'s value, each key and value
+    as the ``setitem`` it stands for.  Raises a refusal type if none can be tried
+    (nothing changed), :class:`ItemsRefused` if some did not fit."""
+    keys, values = update.get("keys"), update.get("values")
+    try:
+        check_items(keys, values)
+        container = walk(data, update["path"])
+    except REFUSED as exc:
+        raise ValueError(f"dataset {key!r}: update does not apply: "
+                         f"{type(exc).__name__}: {exc}") from None
+    failed, first = 0, ""
+    for position, (index, value) in enumerate(zip(keys, values)):
+        try:
+            container[index] = value
+        except REFUSED as exc:
+            if not failed:
+                first = f"item {position}: {type(exc).__name__}: {exc}"
+            failed += 1
+    if failed:
+        raise ItemsRefused(f"dataset {key!r}: {failed} of {len(keys)} setitems items "
+                           f"refused; first: {first}", len(keys) - failed)
+
+
 def _mutated(data: dict[str, Any], update: Any) -> str | None:
     """``mutate_dataset``'s update (setitem at ``[name, 1]`` of an existing dataset)
     checked and applied in one go, its dataset returned; None for any other update
@@ -161,6 +201,15 @@ def _mutated(data: dict[str, Any], update: Any) -> str | None:
         value = thaw(data, path)  # in flight (sent without a copy): change a copy
     value[update["key"]] = update["value"]
     return key
+
+
+class _Changed:
+    """What :meth:`BatchApplier._accept` says of a partly refused ``setitems``."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
 
 
 class BatchApplier:
@@ -200,6 +249,9 @@ class BatchApplier:
             run_key, run_first, run_count = key, index, 0
             if key is _ROOT:  # after what came before it, before what follows
                 durable = self._root(update, refused) or durable
+            elif type(key) is _Changed:  # partly applied: publish the dataset as it is
+                self._owner.setitem(key.key, self._owner.data[key.key])
+                touched.add(key.key)
             elif key is not None:
                 run_count = 1
                 touched.add(key)
@@ -220,8 +272,14 @@ class BatchApplier:
             key = check_value_update(data, update)
             if key is None:
                 return _ROOT
-            apply_value_update(data, key, update)
+            if update["action"] == _SETITEMS:
+                apply_value_items(data, key, update)
+            else:
+                apply_value_update(data, key, update)
             return key
+        except ItemsRefused as exc:
+            refused.append(f"{type(exc).__name__}: {exc}")
+            return _Changed(key) if exc.applied else None
         except REFUSED as exc:
             refused.append(f"{type(exc).__name__}: {exc}")
             return None

@@ -29,7 +29,9 @@ Accepted updates (anything else is refused with a clear error, nothing changes):
 ``setitem``/``delitem`` at the root (path ``[]``; a setitem's value must be a
 ``(persist: bool, value, metadata: dict)`` triple), and any update inside a dataset's
 value (path ``[key, 1, ...]``).  In a batch, a refused update is skipped, the others
-are applied, and the call fails at the end saying how many were refused and why.
+are applied, and the call fails at the end saying how many were refused and why.  A
+``setitems`` (a run of ``mutate_dataset`` calls) is applied item by item, each as the
+``setitem`` it stands for (:mod:`.dataset_batches`).
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol import EncodeError, ProtocolError
+from ..protocol import EncodeError, ProtocolError, pack
 from ..protocol import updates as mods
 from ..runtime.bus import BusConnection
 from ..runtime.service import ServiceHost, decode_arguments, packed_rpc, rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..storage import DatasetStore, GroupCommitter, StorageError
 from ..storage.dataset_db import Frozen, freeze
-from .dataset_batches import REFUSED, BatchApplier, check_value_update, decode_batch
+from .dataset_batches import (REFUSED, BatchApplier, ItemsRefused, apply_value_items,
+                              check_value_update, decode_batch)
 from .errors import NodeConfigError
 
 __all__ = ["DatasetsNode", "DATASETS_SERVICE", "DATASETS_STRUCT"]
@@ -62,6 +65,7 @@ DATASETS_STRUCT = "datasets"
 PERSIST, VALUE, METADATA = 0, 1, 2
 
 _SETITEM = mods.UpdateAction.SETITEM.value
+_SETITEMS = mods.UpdateAction.SETITEMS.value
 _ROOT_ACTIONS = frozenset({_SETITEM, mods.UpdateAction.DELITEM.value})
 
 Entry = tuple[bool, Any, dict[str, Any]]
@@ -160,7 +164,14 @@ class DatasetsNode:
     @rpc
     def update(self, update: dict[str, Any]) -> Awaitable[None] | None:
         """Apply one struct update (ARTIQ's ``update(mod)``)."""
-        return self._finish(self._apply(update), [])
+        try:
+            durable = self._apply(update)
+        except ItemsRefused as exc:
+            if not exc.durable:
+                raise
+            assert self._committer is not None
+            return _after(self._committer.durable(), exc)  # what was applied is stored
+        return self._finish(durable, [])
 
     @packed_rpc
     def apply_updates(self, body: Any, buffers: list[Any]) -> Awaitable[None] | None:
@@ -186,16 +197,42 @@ class DatasetsNode:
                 durable = self._apply(update) or durable
             except REFUSED as exc:
                 refused.append(f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, ItemsRefused):  # partly applied: stored all the same
+                    durable = exc.durable or durable
         return self._finish(durable, refused, len(updates))
 
     def _apply(self, update: Any) -> bool:
         """Check and apply one update; whether it changed what is on disk."""
         assert self._owner is not None
         key = _check_update(self.data, update, self._store.max_key_bytes)
+        if update["action"] == _SETITEMS:
+            return self._apply_items(key, update)
         try:
             self._owner.update(update)
         except (ProtocolError, EncodeError) as exc:  # the sender's mistake, not the bus's
             raise ValueError(f"dataset {key!r}: {exc}") from None
+        return self._persisted(key)
+
+    def _apply_items(self, key: str, update: dict[str, Any]) -> bool:
+        """Apply a checked ``setitems`` item by item and publish it (the dataset as it
+        now is if some items were refused, or if it holds arrays sent out of band);
+        whether it changed what is on disk."""
+        assert self._owner is not None
+        try:
+            body, buffers = pack(update)  # first: a value that cannot be sent changes nothing
+        except EncodeError as exc:
+            raise ValueError(f"dataset {key!r}: {exc}") from None
+        try:
+            apply_value_items(self.data, key, update)
+        except ItemsRefused as exc:
+            if exc.applied:
+                self._owner.setitem(key, self.data[key])
+                exc.durable = self._persisted(key)
+            raise
+        if buffers:  # frames would have to be frozen: the owner's general path does it
+            self._owner.setitem(key, self.data[key])
+        else:
+            self._owner.queue_packed(key, body, 1)
         return self._persisted(key)
 
     def _persisted(self, key: str) -> bool:

@@ -10,6 +10,8 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..language.core import TerminationRequested
 from ..protocol import (VERSION, BusError, EncodeError, NoSuchService, RemoteError,
                         msgpack_array_header, pack, stream_topic, top_key)
@@ -34,6 +36,8 @@ BATCH_WINDOW_S = 0.001
 #: smaller: the bus thread gives the GIL up at every frame it sends, and while the
 #: experiment computes it gets it back only after the switch interval (5 ms).
 BATCH_MAX_BYTES = 256 * 1024
+#: Position of the value in a ``(persist, value, metadata)`` dataset entry.
+VALUE = 1
 #: How long the end of a stage may wait for its dataset updates to be applied and stored.
 SYNC_TIMEOUT_S = 120.0
 
@@ -100,6 +104,21 @@ class BusCCB:
         self._bus.publish([stream_topic("ccb"), VERSION, body, *buffers])
 
 
+#: Values and indices of element writes that can wait to be packed by the bus thread:
+#: immutable (a later change cannot reach them) and always packable (ints checked for
+#: range).  Anything else is packed at once, as an update of its own.
+_SCALARS = frozenset({int, float, bool, complex, type(None)}
+                     | {np.dtype(code).type for code in "?bhilqBHILQefdFD"})
+_INDICES = frozenset({int} | {np.dtype(code).type for code in "bhilqBHILQ"})
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+#: Items in one ``setitems`` update at most (the master and replicas decode one at once).
+MAX_RUN_ITEMS = 1024
+#: Updates packed together by one call at most (the bus thread holds the GIL meanwhile).
+GROUP_UPDATES = 1024
+#: The length of a queued element write ``(key, index, value)``.
+_WRITE = 3
+
+
 class BusDatasetBackend:
     """The master's datasets, for a run's DatasetManager: reads are calls, updates are
     batched one-way messages to ``datasets.apply_updates``, in order.
@@ -112,13 +131,21 @@ class BusDatasetBackend:
     (a large array) travels in a message of its own.  :meth:`sync` (end of each stage)
     sends the last batch as a call and waits for its reply: every update of the stage
     is then applied, and persistent ones committed, before the stage's reply.
+
+    Element writes (``mutate_dataset``) with an immutable scalar value and an integer
+    index are the exception: they are queued as ``(key, index, value)``, unpacked, and
+    the bus thread packs each run of consecutive ones to one dataset as one
+    ``setitems`` update (a lone one as a ``setitem``), so that the master and every
+    subscriber handle one update per run, not one per call.  Order is kept: a run
+    ends at any other update.
     """
 
     def __init__(self, bus: WorkerBus, service: str = "datasets"):
         self._bus = bus
         self._service = service
-        #: packed updates (bytes), or (bytes, buffers) for those with frames; appended by
-        #: the experiment thread, popped by the bus thread (deque: no lock needed)
+        #: packed updates (bytes), (bytes, buffers) for those with frames, and element
+        #: writes (key, index, value); appended by the experiment thread, popped by the
+        #: bus thread (deque: no lock needed)
         self._queue: collections.deque[Any] = collections.deque()
         self._scheduled = False
         self._unsynced = False
@@ -151,31 +178,45 @@ class BusDatasetBackend:
         else:
             self._queue.append(body)
         self._unsynced = True
+        self._wake()
+
+    def mutate(self, key: str, index: Any, value: Any) -> None:
+        """Queue ``dataset[index] = value`` (experiment thread), unpacked when it can
+        wait to be packed (see the class doc)."""
+        kind, index_kind = type(value), type(index)
+        if (kind not in _SCALARS or index_kind not in _INDICES
+                or (kind is int and not _INT_MIN <= value <= _INT_MAX)
+                or (index_kind is int and not _INT_MIN <= index <= _INT_MAX)):
+            self.update({"action": "setitem", "path": [key, VALUE], "key": index,
+                         "value": value})
+            return
+        self._queue.append((key, index, value))
+        self._unsynced = True
+        if not self._scheduled:
+            self._wake()
+
+    def _wake(self) -> None:
         if not self._scheduled:
             self._scheduled = True
             self._bus.loop.call_soon_threadsafe(self._drain)
 
     def _batches(self) -> list[tuple[bytes, list[Any]]]:
         """Everything queued, as message bodies ``[[updates], {}]`` and their frames."""
-        queue, batches, bodies, size = self._queue, [], [], 0
-        while True:
-            try:
-                item = queue.popleft()
-            except IndexError:
-                break
-            if type(item) is bytes:
-                bodies.append(item)
-                size += len(item)
-                if size >= BATCH_MAX_BYTES:
-                    batches.append((_batch_body(bodies), []))
-                    bodies, size = [], 0
-                continue
-            if bodies:
-                batches.append((_batch_body(bodies), []))
-                bodies, size = [], 0
-            batches.append((_batch_body([item[0]]), item[1]))
-        if bodies:
-            batches.append((_batch_body(bodies), []))
+        queue, batches, bodies = self._queue, [], _Bodies()
+        while queue:  # one thread at a time takes items (the lock): queue[0] stays
+            head = queue[0]
+            if type(head) is bytes:
+                bodies.add(queue.popleft(), 1, batches)
+            elif len(head) == _WRITE:
+                updates = _take_writes(queue)
+                body = pack(updates)[0]  # all at once: one call, not one per update
+                bodies.add(memoryview(body)[_array_header_size(len(updates)):],
+                           len(updates), batches)
+            else:
+                queue.popleft()
+                bodies.close(batches)
+                batches.append((_batch_body([head[0]]), head[1]))
+        bodies.close(batches)
         return batches
 
     def _drain(self) -> None:
@@ -227,6 +268,66 @@ class BusDatasetBackend:
             self._bus.bus.client.send_packed, self._service, "apply_updates", body, buffers)
 
 
-def _batch_body(bodies: list[bytes]) -> bytes:
-    """The body ``[[update, ...], {}]`` from packed updates."""
-    return b"".join((b"\x92\x91", msgpack_array_header(len(bodies)), *bodies, b"\x80"))
+class _Bodies:
+    """Packed updates gathered into batches of about :data:`BATCH_MAX_BYTES`."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []  # each one or more packed updates
+        self.count = 0
+        self.size = 0
+
+    def add(self, chunk: Any, count: int, batches: list[tuple[bytes, list[Any]]]) -> None:
+        self.chunks.append(chunk)
+        self.count += count
+        self.size += len(chunk)
+        if self.size >= BATCH_MAX_BYTES:
+            self.close(batches)
+
+    def close(self, batches: list[tuple[bytes, list[Any]]]) -> None:
+        """End the batch being gathered (if any) and start another."""
+        if self.chunks:
+            batches.append((_batch_body(self.chunks, self.count), []))
+            self.chunks, self.count, self.size = [], 0, 0
+
+
+def _take_writes(queue: collections.deque[Any]) -> list[dict[str, Any]]:
+    """The element writes at the head of ``queue``, taken as updates (at most
+    :data:`GROUP_UPDATES`): a ``setitems`` for each run of consecutive writes to one
+    dataset (:data:`MAX_RUN_ITEMS` at most), a ``setitem`` for a lone write (the
+    master's fast path, and smaller)."""
+    updates: list[dict[str, Any]] = []
+    popleft = queue.popleft
+    while queue and len(updates) < GROUP_UPDATES:
+        head = queue[0]
+        if type(head) is not tuple or len(head) != _WRITE:
+            break
+        key, keys, values = head[0], [], []
+        add_key, add_value = keys.append, values.append
+        for _ in range(MAX_RUN_ITEMS):
+            popleft()
+            add_key(head[1])
+            add_value(head[2])
+            if not queue:
+                break
+            head = queue[0]
+            if type(head) is not tuple or len(head) != _WRITE or head[0] != key:
+                break
+        if len(keys) == 1:
+            updates.append({"action": "setitem", "path": [key, VALUE], "key": keys[0],
+                            "value": values[0]})
+        else:
+            updates.append({"action": "setitems", "path": [key, VALUE], "keys": keys,
+                            "values": values})
+    return updates
+
+
+def _array_header_size(count: int) -> int:
+    """The size of msgpack's header of an array of ``count`` items."""
+    return 1 if count < 16 else 3 if count < 1 << 16 else 5
+
+
+def _batch_body(chunks: list[Any], count: int | None = None) -> bytes:
+    """The body ``[[update, ...], {}]`` from ``count`` packed updates (default: one
+    per chunk)."""
+    count = len(chunks) if count is None else count
+    return b"".join((b"\x92\x91", msgpack_array_header(count), *chunks, b"\x80"))

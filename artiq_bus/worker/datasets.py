@@ -11,7 +11,9 @@ A run keeps three things:
 
 Broadcast datasets are also sent to a :class:`DatasetBackend` (the master's dataset
 store) as struct updates of ``key → (persist, value, metadata)``: ``setitem``/``delitem``
-at the root, and element changes as ``setitem``/``append`` with ``path=[key, 1]``.
+at the root, and element changes as ``setitem``/``append`` with ``path=[key, 1]``
+(element writes through :meth:`DatasetBackend.mutate`, which may send a run of them as
+one ``setitems``).
 :class:`LocalDatasetBackend` is the in-process store used by ``artiq_run`` and tests.
 """
 
@@ -47,6 +49,12 @@ class DatasetBackend(Protocol):
 
     def update(self, mod: dict[str, Any]) -> None:
         """Apply one struct update to the store."""
+        ...
+
+    def mutate(self, key: str, index: Any, value: Any) -> None:
+        """``dataset[index] = value`` of dataset ``key`` in the store (``index`` as
+        :func:`dataset_index` made it); the same as a ``setitem`` update at
+        ``[key, 1]``, but a backend may send consecutive ones together."""
         ...
 
 
@@ -104,13 +112,14 @@ class DatasetManager:
 
     def mutate(self, key: str, index: Any, value: Any) -> None:
         """``dataset[index] = value``, here and (if broadcast) in the master."""
-        target = self._target(key, "mutate")
-        index = dataset_index(index)
-        target[index] = value
-        if key in self.broadcast:
-            # mods.setitem([key, VALUE_INDEX], index, value), spelled out: the hot path
-            self.backend.update({"action": "setitem", "path": [key, VALUE_INDEX],
-                                 "key": index, "value": value})
+        entry = self.broadcast.get(key)
+        if entry is None:
+            self._target(key, "mutate")[dataset_index(index)] = value
+            return
+        if type(index) is tuple:  # the hot path: one check for the common int index
+            index = dataset_index(index)
+        entry[VALUE_INDEX][index] = value  # first: an index that does not fit raises here
+        self.backend.mutate(key, index, value)
 
     def append_to(self, key: str, value: Any) -> None:
         """``dataset.append(value)``, here and (if broadcast) in the master."""
@@ -176,6 +185,9 @@ class LocalDatasetBackend:
         self.struct = apply_update(self.struct, copy.deepcopy(mod))
         if self.record:
             self.updates.append(copy.deepcopy(mod))
+
+    def mutate(self, key: str, index: Any, value: Any) -> None:
+        self.update(mods.setitem([key, VALUE_INDEX], index, value))
 
     def set(self, key: str, value: Any, persist: bool = False,
             metadata: dict[str, Any] | None = None) -> None:

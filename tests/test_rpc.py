@@ -138,6 +138,23 @@ def test_asyncio_client_runs_calls_concurrently(controller: Controller) -> None:
     asyncio.run(main())
 
 
+def test_a_returned_array_is_sent_as_it_was_returned(controller: Controller) -> None:
+    """The driver goes on writing the array it returned (the next call fills it): the
+    reply still carries the array as it was when returned, never a torn one."""
+    async def main() -> None:
+        client = AsyncioClient()
+        await client.connect_rpc("::1", controller.port, "dummy")
+        try:
+            for value in range(1, 6):
+                # the second call starts as soon as the first has returned
+                trace, _ = await asyncio.gather(client.trace(), client.fill(value + 0.5))
+                assert np.all(trace == trace[0]), np.unique(trace)
+                assert trace[0] == (value - 0.5 if value > 1 else 0.0)
+        finally:
+            client.close_rpc()
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("frames", [
     [b"garbage"],
     [b"ABUS1", b"REQ", b"1", b"svc", b"m", b"\0\0\0\1", b"\x90"],  # a bus request

@@ -222,8 +222,14 @@ class Server:
                error: BaseException | None = None) -> None:
         if self._sock is None:
             return
+        frames = reply_frames(request_id, value, error)
+        # A large array travels in a frame of its own, which ZeroMQ would send from the
+        # array's memory, later, from its I/O thread: a driver that goes on updating
+        # the array it returned (a camera's frame buffer) would send a torn one.  The
+        # value is the driver's, so it is copied, not made read-only under its feet.
+        frames[5:] = [bytes(frame) for frame in frames[5:]]
         # ROUTER drops a reply whose client is gone or too slow: nothing to handle.
-        send_frames(self._sock, [identity, *reply_frames(request_id, value, error)])
+        send_frames(self._sock, [identity, *frames])
         assert self._reader is not None
         self._reader.after_send()
 

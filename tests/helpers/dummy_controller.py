@@ -5,8 +5,9 @@
 
 Target ``NAME`` (default ``dummy``) serves ``echo(x)``, ``add(a, b=1)``, ``fail()``
 (raises ``ValueError``), ``sleep(seconds)``, ``pid()``, ``environ(key)``, ``die()``
-(the process exits at once, code 3, mid-call) and ``hello()`` (prints a line and logs a
-warning, for output forwarding).  ``--ping-false`` gives it a ``ping`` that returns
+(the process exits at once, code 3, mid-call), ``hello()`` (prints a line and logs a
+warning, for output forwarding), ``trace()`` (its 16 MB buffer, as a camera returns its
+frame) and ``fill(value)`` (writes the whole buffer in place).  ``--ping-false`` gives it a ``ping`` that returns
 False.  Prints ``READY`` on stdout once it listens; with ``--simple`` it runs
 ``simple_server_loop`` instead (which has no such hook) and prints nothing.
 """
@@ -21,6 +22,8 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+
 from artiq_bus.rpc import Server, common_args, simple_server_loop
 
 logger = logging.getLogger("dummy")
@@ -28,6 +31,9 @@ logger = logging.getLogger("dummy")
 
 class Dummy:
     """A device that does nothing useful."""
+
+    def __init__(self) -> None:
+        self._trace = np.zeros(2_000_000)
 
     def echo(self, x: Any) -> Any:
         """Return x unchanged."""
@@ -55,6 +61,12 @@ class Dummy:
     def hello(self) -> None:
         print("hello from the dummy controller", flush=True)
         logger.warning("a warning\nover two lines")
+
+    def trace(self) -> np.ndarray:
+        return self._trace
+
+    def fill(self, value: float) -> None:
+        self._trace[:] = value
 
     def _secret(self) -> None:
         raise AssertionError("private methods must not be callable")

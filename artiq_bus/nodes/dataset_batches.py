@@ -31,7 +31,7 @@ from ..protocol.updates import check_items, thaw, walk
 from ..runtime.structs import StructOwner
 
 __all__ = ["Batch", "BatchApplier", "ItemsRefused", "decode_batch", "check_value_update",
-           "apply_value_update", "apply_value_items", "CHUNK", "REFUSED", "VALUE"]
+           "apply_value_update", "apply_value_items", "refusal", "CHUNK", "REFUSED", "VALUE"]
 
 #: Position of the value in a ``(persist, value, metadata)`` entry.
 VALUE = 1
@@ -150,12 +150,22 @@ def apply_value_update(data: dict[str, Any], key: str, update: dict[str, Any]) -
 class ItemsRefused(ValueError):
     """Items of a ``setitems`` update refused; ``applied`` others were applied (then
     the dataset changed: publish it whole), ``durable`` whether that changed what is
-    on disk (the node sets it)."""
+    on disk (the node sets it).  Callers see a ValueError (:meth:`plain`)."""
 
     def __init__(self, message: str, applied: int):
         super().__init__(message)
         self.applied = applied
         self.durable = False
+
+    def plain(self) -> ValueError:
+        return ValueError(str(self))
+
+
+def refusal(exc: Exception) -> str:
+    """How a refused update is reported: its error's type (as callers see it) and
+    message."""
+    name = "ValueError" if isinstance(exc, ItemsRefused) else type(exc).__name__
+    return f"{name}: {exc}"
 
 
 def apply_value_items(data: dict[str, Any], key: str, update: dict[str, Any]) -> None:
@@ -277,16 +287,13 @@ class BatchApplier:
             else:
                 apply_value_update(data, key, update)
             return key
-        except ItemsRefused as exc:
-            refused.append(f"{type(exc).__name__}: {exc}")
-            return _Changed(key) if exc.applied else None
         except REFUSED as exc:
-            refused.append(f"{type(exc).__name__}: {exc}")
-            return None
+            refused.append(refusal(exc))
+            return _Changed(key) if isinstance(exc, ItemsRefused) and exc.applied else None
 
     def _root(self, update: Any, refused: list[str]) -> bool:
         try:
             return self._general(update)
         except REFUSED as exc:
-            refused.append(f"{type(exc).__name__}: {exc}")
+            refused.append(refusal(exc))
             return False

@@ -51,7 +51,7 @@ from ..runtime.structs import StructOwner, struct_methods
 from ..storage import DatasetStore, GroupCommitter, StorageError
 from ..storage.dataset_db import Frozen, freeze
 from .dataset_batches import (REFUSED, BatchApplier, ItemsRefused, apply_value_items,
-                              check_value_update, decode_batch)
+                              check_value_update, decode_batch, refusal)
 from .errors import NodeConfigError
 
 __all__ = ["DatasetsNode", "DATASETS_SERVICE", "DATASETS_STRUCT"]
@@ -168,9 +168,9 @@ class DatasetsNode:
             durable = self._apply(update)
         except ItemsRefused as exc:
             if not exc.durable:
-                raise
+                raise exc.plain() from None
             assert self._committer is not None
-            return _after(self._committer.durable(), exc)  # what was applied is stored
+            return _after(self._committer.durable(), exc.plain())  # applied items stored
         return self._finish(durable, [])
 
     @packed_rpc
@@ -196,7 +196,7 @@ class DatasetsNode:
             try:
                 durable = self._apply(update) or durable
             except REFUSED as exc:
-                refused.append(f"{type(exc).__name__}: {exc}")
+                refused.append(refusal(exc))
                 if isinstance(exc, ItemsRefused):  # partly applied: stored all the same
                     durable = exc.durable or durable
         return self._finish(durable, refused, len(updates))

@@ -293,32 +293,44 @@ class _Bodies:
 def _take_writes(queue: collections.deque[Any]) -> list[dict[str, Any]]:
     """The element writes at the head of ``queue``, taken as updates (at most
     :data:`GROUP_UPDATES`): a ``setitems`` for each run of consecutive writes to one
-    dataset (:data:`MAX_RUN_ITEMS` at most), a ``setitem`` for a lone write (the
-    master's fast path, and smaller)."""
+    dataset, a ``setitem`` for a lone write (the master's fast path, and smaller)."""
     updates: list[dict[str, Any]] = []
-    popleft = queue.popleft
     while queue and len(updates) < GROUP_UPDATES:
-        head = queue[0]
-        if type(head) is not tuple or len(head) != _WRITE:
+        first = queue[0]
+        if type(first) is not tuple or len(first) != _WRITE:
             break
-        key, keys, values = head[0], [], []
-        add_key, add_value = keys.append, values.append
-        for _ in range(MAX_RUN_ITEMS):
-            popleft()
-            add_key(head[1])
-            add_value(head[2])
-            if not queue:
-                break
-            head = queue[0]
-            if type(head) is not tuple or len(head) != _WRITE or head[0] != key:
-                break
-        if len(keys) == 1:
-            updates.append({"action": "setitem", "path": [key, VALUE], "key": keys[0],
-                            "value": values[0]})
+        queue.popleft()
+        if _next_in_run(queue, first[0]):
+            updates.append(_run_update(queue, first))
         else:
-            updates.append({"action": "setitems", "path": [key, VALUE], "keys": keys,
-                            "values": values})
+            updates.append({"action": "setitem", "path": [first[0], VALUE], "key": first[1],
+                            "value": first[2]})
     return updates
+
+
+def _next_in_run(queue: collections.deque[Any], key: str) -> bool:
+    """Whether the head of ``queue`` is an element write to dataset ``key``."""
+    if not queue:
+        return False
+    head = queue[0]
+    return type(head) is tuple and len(head) == _WRITE and head[0] == key
+
+
+def _run_update(queue: collections.deque[Any], first: tuple[str, Any, Any]) -> dict[str, Any]:
+    """``first`` and the writes to its dataset that follow it at the head of ``queue``
+    (one at least), as one ``setitems`` (:data:`MAX_RUN_ITEMS` writes at most)."""
+    key, keys, values = first[0], [first[1]], [first[2]]
+    add_key, add_value, popleft = keys.append, values.append, queue.popleft
+    for _ in range(MAX_RUN_ITEMS - 1):  # the checks of _next_in_run, inline: per write
+        _, index, value = popleft()
+        add_key(index)
+        add_value(value)
+        if not queue:
+            break
+        head = queue[0]
+        if type(head) is not tuple or len(head) != _WRITE or head[0] != key:
+            break
+    return {"action": "setitems", "path": [key, VALUE], "keys": keys, "values": values}
 
 
 def _array_header_size(count: int) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import operator
 import random
 import threading
 from typing import TYPE_CHECKING, Any
@@ -115,8 +117,8 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 MAX_RUN_ITEMS = 1024
 #: Updates packed together by one call at most (the bus thread holds the GIL meanwhile).
 GROUP_UPDATES = 1024
-#: The length of a queued element write ``(key, index, value)``.
-_WRITE = 3
+#: The parts of a queued element write ``(name, index, value)``.
+_NAME_OF, _INDEX_OF, _VALUE_OF = (operator.itemgetter(i) for i in range(3))
 
 
 class BusDatasetBackend:
@@ -133,7 +135,7 @@ class BusDatasetBackend:
     is then applied, and persistent ones committed, before the stage's reply.
 
     Element writes (``mutate_dataset``) with an immutable scalar value and an integer
-    index are the exception: they are queued as ``(key, index, value)``, unpacked, and
+    index are the exception: they are queued as ``(name, index, value)``, unpacked, and
     the bus thread packs each run of consecutive ones to one dataset as one
     ``setitems`` update (a lone one as a ``setitem``), so that the master and every
     subscriber handle one update per run, not one per call.  Order is kept: a run
@@ -144,7 +146,7 @@ class BusDatasetBackend:
         self._bus = bus
         self._service = service
         #: packed updates (bytes), (bytes, buffers) for those with frames, and element
-        #: writes (key, index, value); appended by the experiment thread, popped by the
+        #: writes (name, index, value); appended by the experiment thread, popped by the
         #: bus thread (deque: no lock needed)
         self._queue: collections.deque[Any] = collections.deque()
         self._scheduled = False
@@ -202,20 +204,22 @@ class BusDatasetBackend:
 
     def _batches(self) -> list[tuple[bytes, list[Any]]]:
         """Everything queued, as message bodies ``[[updates], {}]`` and their frames."""
-        queue, batches, bodies = self._queue, [], _Bodies()
-        while queue:  # one thread at a time takes items (the lock): queue[0] stays
-            head = queue[0]
-            if type(head) is bytes:
-                bodies.add(queue.popleft(), 1, batches)
-            elif len(head) == _WRITE:
-                updates = _take_writes(queue)
-                body = pack(updates)[0]  # all at once: one call, not one per update
-                bodies.add(memoryview(body)[_array_header_size(len(updates)):],
-                           len(updates), batches)
-            else:
-                queue.popleft()
-                bodies.close(batches)
-                batches.append((_batch_body([head[0]]), head[1]))
+        queue, batches, bodies, writes = self._queue, [], _Bodies(), _Writes()
+        taken = [queue.popleft() for _ in range(len(queue))]  # what is there now
+        # Consecutive writes to one dataset share their first item (its name); a packed
+        # update's first item is a byte, or its body: never a name.
+        for name, group in itertools.groupby(taken, _NAME_OF):
+            if type(name) is str:
+                writes.add(name, list(group), bodies, batches)
+                continue
+            writes.close(bodies, batches)
+            for item in group:
+                if type(item) is bytes:
+                    bodies.add(item, 1, batches)
+                else:
+                    bodies.close(batches)
+                    batches.append((_batch_body([item[0]]), item[1]))
+        writes.close(bodies, batches)
         bodies.close(batches)
         return batches
 
@@ -290,47 +294,37 @@ class _Bodies:
             self.chunks, self.count, self.size = [], 0, 0
 
 
-def _take_writes(queue: collections.deque[Any]) -> list[dict[str, Any]]:
-    """The element writes at the head of ``queue``, taken as updates (at most
-    :data:`GROUP_UPDATES`): a ``setitems`` for each run of consecutive writes to one
-    dataset, a ``setitem`` for a lone write (the master's fast path, and smaller)."""
-    updates: list[dict[str, Any]] = []
-    while queue and len(updates) < GROUP_UPDATES:
-        first = queue[0]
-        if type(first) is not tuple or len(first) != _WRITE:
-            break
-        queue.popleft()
-        if _next_in_run(queue, first[0]):
-            updates.append(_run_update(queue, first))
+class _Writes:
+    """Element writes taken from the queue, as updates waiting to be packed together
+    (one pack call for many updates): a ``setitems`` per run of consecutive writes to
+    one dataset (:data:`MAX_RUN_ITEMS` writes at most), a ``setitem`` for a lone write
+    (the master's fast path, and smaller)."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+
+    def add(self, name: str, run: list[tuple[str, Any, Any]], bodies: _Bodies,
+            batches: list[tuple[bytes, list[Any]]]) -> None:
+        """Consecutive writes to dataset ``name``, as updates."""
+        if len(run) == 1:
+            self.updates.append({"action": "setitem", "path": [name, VALUE],
+                                 "key": run[0][1], "value": run[0][2]})
         else:
-            updates.append({"action": "setitem", "path": [first[0], VALUE], "key": first[1],
-                            "value": first[2]})
-    return updates
+            for start in range(0, len(run), MAX_RUN_ITEMS):
+                part = run[start:start + MAX_RUN_ITEMS]
+                self.updates.append({"action": "setitems", "path": [name, VALUE],
+                                     "keys": list(map(_INDEX_OF, part)),
+                                     "values": list(map(_VALUE_OF, part))})
+        if len(self.updates) >= GROUP_UPDATES:
+            self.close(bodies, batches)
 
-
-def _next_in_run(queue: collections.deque[Any], key: str) -> bool:
-    """Whether the head of ``queue`` is an element write to dataset ``key``."""
-    if not queue:
-        return False
-    head = queue[0]
-    return type(head) is tuple and len(head) == _WRITE and head[0] == key
-
-
-def _run_update(queue: collections.deque[Any], first: tuple[str, Any, Any]) -> dict[str, Any]:
-    """``first`` and the writes to its dataset that follow it at the head of ``queue``
-    (one at least), as one ``setitems`` (:data:`MAX_RUN_ITEMS` writes at most)."""
-    key, keys, values = first[0], [first[1]], [first[2]]
-    add_key, add_value, popleft = keys.append, values.append, queue.popleft
-    for _ in range(MAX_RUN_ITEMS - 1):  # the checks of _next_in_run, inline: per write
-        _, index, value = popleft()
-        add_key(index)
-        add_value(value)
-        if not queue:
-            break
-        head = queue[0]
-        if type(head) is not tuple or len(head) != _WRITE or head[0] != key:
-            break
-    return {"action": "setitems", "path": [key, VALUE], "keys": keys, "values": values}
+    def close(self, bodies: _Bodies, batches: list[tuple[bytes, list[Any]]]) -> None:
+        """Pack the updates gathered (one call, not one per update)."""
+        if self.updates:
+            body = pack(self.updates)[0]
+            bodies.add(memoryview(body)[_array_header_size(len(self.updates)):],
+                       len(self.updates), batches)
+            self.updates = []
 
 
 def _array_header_size(count: int) -> int:

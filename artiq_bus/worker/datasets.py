@@ -116,7 +116,7 @@ class DatasetManager:
         if entry is None:
             self._target(key, "mutate")[dataset_index(index)] = value
             return
-        if type(index) is tuple:  # the hot path: one check for the common int index
+        if isinstance(index, tuple):  # the hot path: one check for the common int index
             index = dataset_index(index)
         entry[VALUE_INDEX][index] = value  # first: an index that does not fit raises here
         self.backend.mutate(key, index, value)

@@ -262,3 +262,21 @@ def test_standalone_log_node(master: Master, tmp_path: Path) -> None:
     assert "to-node-" not in master.output()
     both = node.output() + master.output()  # the service never went back and forth
     assert both.count("registered again by a new peer") == 1, both
+
+
+def test_failing_one_way_messages_do_not_flood_the_log(shared_master: Master) -> None:
+    """A sender with a bug: 500 malformed one-way emits give an ERROR line a second at
+    most, and the next report counts the ones in between."""
+    with Client(shared_master.address) as client:
+        for _ in range(500):
+            client.send("log", "emit", "not a list")
+        client.call("log", "ping", timeout_s=WAIT_S)  # after the 500 in the log's queue
+        time.sleep(1.1)  # the report interval is the behaviour under test
+        client.send("log", "emit", "still not a list")
+        line = shared_master.wait_for_line(r"one-way message failed: .*more since the last")
+    found = re.search(r"\((\d+) more since the last report\)", line)
+    assert found is not None and int(found[1]) > 0, line
+    # one line a second at most (the 500 take well under a second unless the machine
+    # is very busy); other tests of this module add one line of their own
+    lines = [line for line in shared_master.lines if "emit takes a list" in line]
+    assert len(lines) <= 5, lines

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -27,6 +28,9 @@ __all__ = ["rpc", "packed_rpc", "decode_arguments", "ServiceHost", "rpc_methods"
            "LocalBroker"]
 
 logger = logging.getLogger(__name__)
+
+#: At most one log line per this many seconds for failing one-way messages.
+_FAILURE_LOG_INTERVAL_S = 1.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,6 +121,10 @@ class ServiceHost:
         self._bye: asyncio.Future[bool] | None = None
         self._last_heard = 0.0
         self.bad_messages = 0
+        #: One-way messages whose method raised (nobody to tell but the log).
+        self.failed_messages = 0
+        self._failures_logged_at = -math.inf
+        self._failures_unlogged = 0
         #: A broker in this process: messages are handed over, no socket, no heartbeat.
         self._local = local
         #: Connect again when the broker is lost (False: a worker, whose master is gone).
@@ -305,12 +313,25 @@ class ServiceHost:
         if self._reader is not None:
             self._reader.after_send()
 
+    def _one_way_failed(self, error: Exception) -> None:
+        """Log a failed one-way message; at most one line per second, however many
+        fail (a sender with a bug must not flood the log)."""
+        self.failed_messages += 1
+        now = time.monotonic()
+        if now - self._failures_logged_at < _FAILURE_LOG_INTERVAL_S:
+            self._failures_unlogged += 1
+            return
+        more = (f" ({self._failures_unlogged} more since the last report)"
+                if self._failures_unlogged else "")
+        logger.error("service %s: one-way message failed: %s: %s%s",
+                     self.name, type(error).__name__, error, more)
+        self._failures_logged_at, self._failures_unlogged = now, 0
+
     def _finish(self, reply_to: tuple[bytes, bytes] | None, error: Exception | None,
                 result: Any) -> None:
         if reply_to is None:
             if error is not None:
-                logger.error("service %s: one-way message failed: %s: %s",
-                             self.name, type(error).__name__, error)
+                self._one_way_failed(error)
             return
         status, frames = Status.OK, []
         if error is None:

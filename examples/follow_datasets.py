@@ -45,6 +45,9 @@ def apply(struct, update):  # the update vocabulary of docs/protocol.md §6.2
     action = update["action"]
     if action == "setitem":
         container[update["key"]] = update["value"]
+    elif action == "setitems":  # a run of setitem on one container, in order
+        for key, value in zip(update["keys"], update["values"]):
+            container[key] = value
     elif action == "delitem":
         del container[update["key"]]
     elif action == "append":

@@ -60,6 +60,10 @@ class ArrayPool:
     def take(self) -> np.ndarray:
         array = self._arrays[self._taken % len(self._arrays)]
         self._taken += 1
+        # A struct makes the arrays it publishes read-only (ZeroMQ sends them from
+        # their own memory, later).  This one arrived long ago and the struct holds a
+        # newer one: nobody reads it any more, so it may be written again.
+        array.flags.writeable = True
         array[0] = time.time()
         return array
 

@@ -38,6 +38,8 @@ HANG_NOTICED_S = 4.0
 RECOVERY_S = 5.0
 #: An answer that needs no waiting (about a millisecond; generous for a busy machine).
 FAST_S = 0.5
+#: How long the broker stays away in the restart test: several reconnection attempts.
+OUTAGE_S = 5.0
 #: The deadline of the calls that should fail long before it.
 LONG_S = 30.0
 
@@ -175,6 +177,8 @@ def test_restarted_broker(tmp_path: Path) -> None:
                     assert all(isinstance(r, Unavailable) for r in results), results
                     assert elapsed_since(killed) < DEATH_NOTICED_S
                     assert first.wait() == -signal.SIGKILL
+                    # an outage long enough for the node to try again a few times
+                    await asyncio.sleep(OUTAGE_S)
 
                     with killable_master(second_dir, ports=ports_of(first)) as second:
                         restarted = time.monotonic()
@@ -188,6 +192,9 @@ def test_restarted_broker(tmp_path: Path) -> None:
                                                RECOVERY_S)
                         assert await client.call("master", "get_name") is None
                         assert second.popen.poll() is None
+                    # said once for the outage, not at every attempt
+                    output = node.output()
+                    assert output.count("broker lost") == 1, output
                 finally:
                     await replica.stop()
         asyncio.run(asyncio.wait_for(scenario(), 60.0))

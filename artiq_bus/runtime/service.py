@@ -125,6 +125,8 @@ class ServiceHost:
         self.failed_messages = 0
         self._failures_logged_at = -math.inf
         self._failures_unlogged = 0
+        #: When the broker was lost, while connecting again.
+        self._lost_at: float | None = None
         #: A broker in this process: messages are handed over, no socket, no heartbeat.
         self._local = local
         #: Connect again when the broker is lost (False: a worker, whose master is gone).
@@ -202,7 +204,11 @@ class ServiceHost:
                 if not self._reconnect:
                     logger.warning("service %s: broker lost", self.name)
                     break
-                logger.warning("service %s: broker lost, connecting again", self.name)
+                if self.registered.is_set():  # once per outage, not every attempt
+                    self._lost_at = time.monotonic()
+                    logger.warning("service %s: broker lost, connecting again", self.name)
+                else:
+                    logger.debug("service %s: still no broker, connecting again", self.name)
                 self._disconnect()
         finally:
             heartbeat.cancel()
@@ -274,7 +280,12 @@ class ServiceHost:
             self._dispatch(_as_bytes(rest[1]), rest[2], rest[3:], None)
         elif command is Command.ACK:
             self.registered.set()
-            logger.debug("service %s: registered", self.name)
+            if self._lost_at is not None:
+                logger.info("service %s: registered again after %.1f s without a broker",
+                            self.name, time.monotonic() - self._lost_at)
+                self._lost_at = None
+            else:
+                logger.debug("service %s: registered", self.name)
         elif command is Command.BYE:
             pass
         elif command is not Command.HEARTBEAT:

@@ -31,10 +31,19 @@ from typing import Any
 import zmq
 
 __all__ = ["Figure", "Report", "Child", "children", "recv", "arecv", "percentile",
-           "MasterProcess",
+           "MasterProcess", "QUICK", "size",
            "summarise_ns", "watchdog", "run", "SPAWN"]
 
 SPAWN = multiprocessing.get_context("spawn")
+
+#: ``ARTIQ_BUS_BENCH_QUICK=1``: tiny sizes, only to check that a benchmark still runs to
+#: the end (tests/test_bench_smoke.py); its figures then mean nothing.
+QUICK = os.environ.get("ARTIQ_BUS_BENCH_QUICK") == "1"
+
+
+def size(full: int, quick: int) -> int:
+    """A benchmark's count: ``full``, or ``quick`` in a :data:`QUICK` run."""
+    return quick if QUICK else full
 
 #: A child that outlives this is stopped by its own watchdog.
 CHILD_LIFETIME_S = 120.0

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from _common import CHILD_LIFETIME_S, SPAWN, Child, Report, arecv, children, recv, run
+from _common import (CHILD_LIFETIME_S, SPAWN, Child, Report, arecv, children, recv, run,
+                     size)
 
 from artiq_bus.broker.broker import Broker, BrokerConfig
 from artiq_bus.client.aio import AsyncClient
@@ -40,10 +41,10 @@ from artiq_bus.runtime.service import ServiceHost
 from artiq_bus.runtime.structs import Publisher, StructOwner, struct_methods
 
 ELEMENTS = 1_000_000  # float64: 8 MB
-LATENCY_ARRAYS = 15
-THROUGHPUT_ARRAYS = 24
+LATENCY_ARRAYS = size(15, 2)
+THROUGHPUT_ARRAYS = size(24, 8)
 WINDOW = 4
-ROUNDS = 5
+ROUNDS = size(5, 1)
 STRUCT = "bench"
 TIMEOUT_S = 20.0
 

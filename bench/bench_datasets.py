@@ -43,7 +43,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import zmq
-from _common import Report, children, run
+from _common import Report, children, run, size
 
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.replica import Replica
@@ -51,8 +51,8 @@ from artiq_bus.client.subscriber import Subscriber
 from artiq_bus.net import BusAddress
 
 READY_LINE = "ARTIQ master is now ready."
-MUTATIONS = 300_000
-ARRAYS = 15
+MUTATIONS = size(300_000, 3_000)
+ARRAYS = size(15, 2)
 ARRAY_SIZE = 1_000_000
 TIMEOUT_S = 60.0
 
@@ -159,7 +159,7 @@ async def through_bus(address: BusAddress, experiment: Path) -> dict[str, Any]:
                 await client.call("scheduler", "submit", "main", expid, 0, None, False)
                 await replica.wait_for(lambda s: until in s, TIMEOUT_S)
 
-            await submit("mutate", 20_000, "bench.done")  # warm-up: worker, imports
+            await submit("mutate", size(20_000, 2_000), "bench.done")  # warm-up: worker, imports
             await client.call("datasets", "delete", "bench.done")
             watch.reset()
             await submit("mutate", MUTATIONS, "bench.done")

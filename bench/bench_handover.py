@@ -33,17 +33,17 @@ from pathlib import Path
 
 import h5py  # noqa: F401  (the raw limit forks a process as loaded as the zygote)
 
-from _common import MasterProcess, Report, percentile, run
+from _common import MasterProcess, Report, percentile, run, size
 
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.replica import Replica
 from artiq_bus.client.subscriber import Subscriber
 from artiq_bus.net import BusAddress
 
-WARMUP_RUNS = 5
-LATENCY_RUNS = 60
-BURST = 100
-FORKS = 300
+WARMUP_RUNS = size(5, 1)
+LATENCY_RUNS = size(60, 3)
+BURST = size(100, 5)
+FORKS = size(300, 10)
 TIMEOUT_S = 20.0
 
 EXPERIMENT = '''\

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import pygit2
 
-from _common import MasterProcess, Report, run
+from _common import MasterProcess, Report, run, size
 
 from artiq_bus.client.sync import Client
 
-FILES = 200
-RESCANS = 20
-IMPORTS = 5
+FILES = size(200, 10)
+RESCANS = size(20, 2)
+IMPORTS = size(5, 1)
 TIMEOUT_S = 60.0
 
 EXPERIMENT = '''\

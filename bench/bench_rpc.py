@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from _common import CHILD_LIFETIME_S, Report, arecv, children, run, summarise_ns
+from _common import CHILD_LIFETIME_S, Report, arecv, children, run, size, summarise_ns
 
 from artiq_bus.broker.broker import Broker, BrokerConfig
 from artiq_bus.client.aio import AsyncClient
@@ -30,11 +30,11 @@ from artiq_bus.client.sync import Client
 from artiq_bus.net import BusAddress
 from artiq_bus.runtime.service import ServiceHost, rpc, rpc_methods
 
-WARMUP = 500
-CALLS = 3000
+WARMUP = size(500, 20)
+CALLS = size(3000, 60)
 BLOCKS = 6
 IN_FLIGHT = 100
-ROUNDS = 120
+ROUNDS = size(120, 6)
 #: Raw messages carry as many bytes as the bus body of ``[[i], {}]``.
 RAW_PAYLOAD = b"\x92\x91\xcd\x0b\xb8\x80"
 TIMEOUT_S = 10.0

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from _common import CHILD_LIFETIME_S, Child, Report, arecv, children, recv, run
+from _common import CHILD_LIFETIME_S, Child, Report, arecv, children, recv, run, size
 
 from artiq_bus.broker.broker import Broker, BrokerConfig
 from artiq_bus.client.aio import AsyncClient
@@ -35,12 +35,12 @@ from artiq_bus.net import BusAddress
 from artiq_bus.runtime.service import ServiceHost
 from artiq_bus.runtime.structs import Publisher, StructOwner, struct_methods
 
-UPDATES = 150_000
-ROUNDS = 4
+UPDATES = size(150_000, 5_000)
+ROUNDS = size(4, 1)
 YIELD_EVERY = 500
 LIST_KEYS = [f"scan.y{k}" for k in range(4)]
 SCALAR_KEYS = [f"scan.x{k}" for k in range(4)]
-RAW_MESSAGES = 500_000
+RAW_MESSAGES = size(500_000, 10_000)
 RAW_PAYLOAD = b"d" + bytes(15)
 RAW_HWM = 100_000
 STRUCT = "bench"

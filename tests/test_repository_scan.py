@@ -141,3 +141,29 @@ def test_experiment_subdir(tmp_path: Path) -> None:
         assert repository_call(master, "root") == str(root)
     finally:
         assert master.stop() == 0
+
+
+def test_a_changed_module_beside_a_file_is_seen_at_the_next_scan(tmp_path: Path) -> None:
+    """A file takes an argument default from a module beside it: the file is unchanged,
+    the module changes, and the next scan shows the new default (the cache knows what
+    the file imported)."""
+    root = tmp_path / "repository"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib" / "__init__.py").write_text("")
+    (root / "lib" / "defaults.py").write_text("COUNT = 1\n")
+    (root / "uses.py").write_text(
+        "from lib.defaults import COUNT\n"
+        + experiment("Uses", "Uses", body="self.setattr_argument('n', NumberValue(COUNT))"))
+    (root / "plain.py").write_text(experiment("Plain", "Plain"))
+    master = Master(tmp_path, "-v").wait_ready()
+    try:
+        explist, _ = scan(master)
+        assert explist["Uses"]["arginfo"]["n"][0]["default"] == 1
+        (root / "lib" / "defaults.py").write_text("COUNT = 22\n")
+        explist, _ = scan(master)
+        assert explist["Uses"]["arginfo"]["n"][0]["default"] == 22
+        # the unchanged files were not examined again: only uses.py and lib/defaults.py
+        line = wait_for_output(master, r"scan of .* \(\d+ files, 2 examined")
+        assert "4 files" in line, line
+    finally:
+        assert master.stop() == 0

@@ -232,6 +232,18 @@ def test_cache_keeps_failures_for_one_commit_only() -> None:
     assert cache.get("b1", "rev1") is None  # evicted: the oldest
 
 
+def test_cache_holds_while_the_modules_a_file_uses_are_unchanged() -> None:
+    cache = OutcomeCache()
+    outcome = {**_classes(("A", "A")), "uses": ["helper.py", "lib/x.py"]}
+    listing = {"helper.py": "h1", "lib/x.py": "x1"}
+    cache.put("a1", "rev1", outcome, listing.get)
+    assert cache.get("a1", "rev2", listing.get) == outcome
+    assert cache.get("a1", "rev2", {**listing, "lib/x.py": "x2"}.get) is None
+    assert cache.get("a1", "rev2", {"helper.py": "h1"}.get) is None  # x.py is gone
+    cache.put("a2", "rev1", {**outcome, "uses": ["data.so"]}, listing.get)
+    assert cache.get("a2", "rev1", listing.get) is None  # not listed: cannot be watched
+
+
 def test_blob_ids_hash_content_only(tmp_path: Path) -> None:
     start = time.perf_counter()
     assert blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"

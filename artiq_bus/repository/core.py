@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from .backends import Backend, RepoFile, Revision, relative_path
 from .checkouts import Checkouts
 from .errors import ExamineFailed, NotInRepository
 from .examiners import Examiners, Outcome
-from .scan import OutcomeCache, ScanResult, build_explist, describe_error
+from .scan import BlobOf, OutcomeCache, ScanResult, build_explist, describe_error
 
 __all__ = ["Repository", "list_directory"]
 
@@ -143,8 +144,10 @@ class Repository:
     async def _examine_files(self, rev: str, wd: str, files: list[RepoFile]) -> ScanResult:
         outcomes: dict[str, Outcome] = {}
         todo: dict[str, RepoFile] = {}
+        blobs = {repo_file.path: repo_file.blob for repo_file in files}
         for repo_file in files:
-            cached = None if repo_file.error else self._cache.get(repo_file.blob, rev)
+            cached = (None if repo_file.error else
+                      self._cache.get(repo_file.blob, rev, _blob_of(repo_file, blobs)))
             if repo_file.error:
                 outcomes[repo_file.path] = {"error": {"message": repo_file.error,
                                                       "line": None}}
@@ -154,7 +157,7 @@ class Repository:
                 todo[os.path.join(wd, repo_file.path)] = repo_file
         for path, outcome in (await self._examiners.examine(list(todo))).items():
             repo_file = todo[path]
-            self._cache.put(repo_file.blob, rev, outcome)
+            self._cache.put(repo_file.blob, rev, outcome, _blob_of(repo_file, blobs))
             outcomes[repo_file.path] = outcome
         result = build_explist(files, outcomes, self.subdir)
         result.examined = len(todo)
@@ -219,3 +222,9 @@ class Repository:
         if "error" in outcome:
             raise ExamineFailed(describe_error(filename, outcome["error"]))
         return outcome["classes"]  # type: ignore[no-any-return]
+
+
+def _blob_of(repo_file: RepoFile, blobs: dict[str, str]) -> BlobOf:
+    """The blob ids of the modules ``repo_file`` uses, by their path from its folder."""
+    folder = posixpath.dirname(repo_file.path)
+    return lambda path: blobs.get(posixpath.normpath(posixpath.join(folder, path)))

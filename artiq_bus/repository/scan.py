@@ -1,11 +1,13 @@
 """One repository scan: which files to examine, the cache of what examining gave, and
 the explorer's list (``explist``) built from the outcomes with ARTIQ's rules.
 
-Each file's outcome is cached by its content hash (the Git blob id), so an unchanged
-file is never examined again and a rescan where nothing changed costs a listing.  A
-failure is cached only for the same commit: a new commit may fix a module the file
-imports, so its broken files are examined again (a filesystem repository has no
-commits: its broken files are examined at every scan).
+Each file's outcome is cached by its content hash (the Git blob id) and those of the
+modules beside it that it imported (a shared module that sets argument defaults
+changes what the file offers), so an unchanged file is never examined again and a
+rescan where nothing changed costs a listing.  A failure is cached only for the same
+commit: a new commit may fix a module the file imports, so its broken files are
+examined again (a filesystem repository has no commits: its broken files are
+examined at every scan).
 
 Names (ARTIQ's): the docstring's first line without a final ``.``, else the class
 name; ``/`` becomes ``_``; a name already taken in the same folder becomes ``name1``,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 from .backends import FILESYSTEM_REV, RepoFile
 from .examiners import Outcome
 
-__all__ = ["OutcomeCache", "ScanResult", "build_explist", "describe_error"]
+__all__ = ["BlobOf", "OutcomeCache", "ScanResult", "build_explist", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,31 +35,48 @@ logger = logging.getLogger(__name__)
 _CACHE_SIZE = 20_000
 
 
+#: The current blob id of a module a file uses (its path relative to the file's
+#: folder), None when the listing has no such file.
+BlobOf = Callable[[str], "str | None"]
+
+
+@dataclass
+class _Cached:
+    outcome: Outcome
+    #: the modules beside the file that examining it imported, and their blob ids then
+    uses: dict[str, str]
+
+
 class OutcomeCache:
-    """Examine outcomes by content hash (failures by content hash and commit)."""
+    """Examine outcomes by content hash (failures by content hash and commit), valid
+    while the modules the file imported from beside it are unchanged too."""
 
     def __init__(self, size: int = _CACHE_SIZE):
         self._size = size
-        self._entries: collections.OrderedDict[tuple[str, str], Outcome] = \
+        self._entries: collections.OrderedDict[tuple[str, str], _Cached] = \
             collections.OrderedDict()
 
     @staticmethod
     def _keys(blob: str, rev: str) -> tuple[tuple[str, str], tuple[str, str] | None]:
         return (blob, ""), (None if rev == FILESYSTEM_REV else (blob, rev))
 
-    def get(self, blob: str, rev: str) -> Outcome | None:
+    def get(self, blob: str, rev: str, blob_of: BlobOf = lambda path: None) -> Outcome | None:
         for key in self._keys(blob, rev):
-            if key is not None and key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
+            cached = self._entries.get(key) if key is not None else None
+            if cached is not None and all(blob_of(path) == used
+                                          for path, used in cached.uses.items()):
+                self._entries.move_to_end(key)  # type: ignore[arg-type]
+                return cached.outcome
         return None
 
-    def put(self, blob: str, rev: str, outcome: Outcome) -> None:
+    def put(self, blob: str, rev: str, outcome: Outcome,
+            blob_of: BlobOf = lambda path: None) -> None:
         success, failure = self._keys(blob, rev)
         key = success if "error" not in outcome else failure
-        if key is None:
-            return
-        self._entries[key] = outcome
+        uses = {path: blob_of(path) for path in outcome.get("uses", ())}
+        if key is None or None in uses.values():
+            return  # a failure without commit, or a module we cannot watch for changes
+        self._entries[key] = _Cached(outcome, uses)  # type: ignore[arg-type]
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 

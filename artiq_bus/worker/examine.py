@@ -113,8 +113,10 @@ def _message(exc: BaseException, filename: str) -> str:
 
 def examine_file(path: str, bus: WorkerBus | None = None) -> dict[str, Any]:
     """``{"classes": {class_name: {"name", "arginfo", "argument_ui",
-    "scheduler_defaults"}}}`` for the experiment file ``path``, or ``{"error":
-    {"message", "line"}}`` when importing it or building one of its experiments fails."""
+    "scheduler_defaults"}}, "uses": [...]}`` for the experiment file ``path``, or
+    ``{"error": {"message", "line"}}`` when importing it or building one of its
+    experiments fails.  ``uses``: the files of the modules beside it that it imported,
+    ``/``-separated, relative to its folder (its outcome depends on them too)."""
     filename = str(Path(path).resolve())
     install_artiq_compat()  # files written for ARTIQ import artiq.experiment
     if bus is not None:
@@ -123,13 +125,16 @@ def examine_file(path: str, bus: WorkerBus | None = None) -> dict[str, Any]:
     else:
         devices = _ExamineDevices(dict)
     datasets = _ExamineDatasets(bus)
+    directory = Path(filename).parent
     try:
-        with forget_new_modules(os.path.dirname(filename)):
+        with forget_new_modules(directory) as loaded:
             module = file_import(filename)
-            return {"classes": {
-                name: _describe_class(cls, devices, datasets)
-                for name, cls in inspect.getmembers(module, is_public_experiment)}}
+            classes = {name: _describe_class(cls, devices, datasets)
+                       for name, cls in inspect.getmembers(module, is_public_experiment)}
     except BaseException as exc:  # user code may raise anything, SystemExit included
         logger.debug("examining %s failed", path, exc_info=True)
         return {"error": {"message": _message(exc, filename),
                           "line": _error_line(exc, filename)}}
+    uses = sorted({loaded_file.relative_to(directory).as_posix() for loaded_file in loaded
+                   if str(loaded_file) != filename})
+    return {"classes": classes, "uses": uses}

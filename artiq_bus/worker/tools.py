@@ -94,16 +94,20 @@ def _inside(module: ModuleType | None, directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def forget_new_modules(directory: str | os.PathLike[str]) -> Iterator[None]:
+def forget_new_modules(directory: str | os.PathLike[str]) -> Iterator[list[Path]]:
     """On exit, remove from ``sys.modules`` the modules imported inside the block
-    whose files lie in ``directory`` (the loaded file and its siblings)."""
+    whose files lie in ``directory`` (the loaded file and its siblings).  The list the
+    block gets then holds those modules' files (what the block depended on)."""
     root = Path(directory).resolve()
     before = set(sys.modules)
+    forgotten: list[Path] = []
     try:
-        yield
+        yield forgotten
     finally:
         for name in set(sys.modules) - before:
-            if _inside(sys.modules.get(name), root):
+            module = sys.modules.get(name)
+            if _inside(module, root):
+                forgotten.append(Path(module.__file__).resolve())  # type: ignore[union-attr,arg-type]
                 del sys.modules[name]
 
 

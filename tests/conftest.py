@@ -108,7 +108,14 @@ class Process:
             self.popen.send_signal(signum)
 
     def wait(self, timeout_s: float = 15.0) -> int:
-        return self.popen.wait(timeout_s)
+        """The exit code; if the process does not exit in time, an AssertionError that
+        says what it printed (a bare TimeoutExpired would not)."""
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            command = " ".join(self.argv[1:])[:200]
+            raise AssertionError(f"{command} did not exit within {timeout_s} s; output:\n"
+                                 + self.output()[-3000:]) from None
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""

@@ -9,11 +9,13 @@ Every wait is for a line of the master's output, an update of a replica of the
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
 from pathlib import Path
 
+from artiq_bus.client.sync import Client
 from conftest import Master
 from helpers.runs import (DELETED, NORMAL_RUN, ScheduleWatch, ShortBuildMaster, alive, call,
                           descendants, read_results, results_file, results_files, submit,
@@ -431,3 +433,39 @@ def test_deleting_a_paused_run_writes_no_results(master: Master, tmp_path: Path)
     assert "background terminated" not in output
     assert "ERROR" not in output, output
     assert read_results(results_file(tmp_path, high))["outcome"] == "completed"
+
+
+def test_a_run_deleted_while_its_worker_is_on_the_way_leaves_no_worker(tmp_path: Path) -> None:
+    """The zygote frozen: the run waits in ``preparing`` for a worker and is deleted
+    meanwhile.  The worker forked once the zygote goes on is handed to the deleted run
+    (the first one ready goes to the waiting request): it must end, not stay behind,
+    handed out to nobody, until the master stops."""
+    file = write_experiment(tmp_path, "hello.py", HELLO)
+    master = Master(tmp_path, "-v")
+    try:
+        zygote = _zygote_of(master)
+        os.kill(zygote, signal.SIGSTOP)  # while it imports: no worker is ever ready
+        master.wait_ready()
+        with ScheduleWatch(master) as watch, Client(master.address) as client:
+            try:
+                rid = submit(master, file)
+                watch.wait_status(rid, "preparing")
+                client.call("scheduler", "delete", rid)
+                watch.wait_gone(rid)
+            finally:
+                os.kill(zygote, signal.SIGCONT)
+        found = re.search(r"service '(worker\.\w+)' registered",
+                          master.wait_for_line(r"service 'worker\.\w+' registered", 10.0))
+        assert found is not None
+        master.wait_for_line(rf"service '{found[1]}' unregistered", GONE_S)
+    finally:
+        assert master.stop() == 0
+
+
+def _zygote_of(master: Master, timeout_s: float = 10.0) -> int:
+    """The master's zygote, as soon as it is started (the master's only child)."""
+    deadline = time.monotonic() + timeout_s
+    while not (children := descendants(master.popen.pid)):
+        assert time.monotonic() < deadline, "the master started no zygote"
+        time.sleep(0.005)  # polling /proc: a process's birth has nothing to await
+    return min(children)

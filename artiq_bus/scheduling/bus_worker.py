@@ -55,10 +55,17 @@ class BusWorkerHandle:
                     expid: dict[str, Any], priority: int) -> str | None:
         # the device database comes along with the build request: the worker need not
         # ask for it while it imports the experiment
-        worker, device_db = await asyncio.gather(
-            self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S),
-            self._device_db())
+        acquired = self._client.request("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S)
+        fetching = asyncio.ensure_future(self._device_db())
+        try:
+            worker = await asyncio.shield(acquired)
+        except asyncio.CancelledError:
+            # the run is being deleted: a worker handed out later is let go at once
+            acquired.add_done_callback(self._let_go)
+            fetching.cancel()
+            raise
         self._service, self._pid = worker["service"], worker["pid"]
+        device_db = await fetching
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
         build = self._send("build", rid, pipeline_name, wd, expid, priority, device_db,
                            timeout_s=BUILD_TIMEOUT_S)
@@ -78,6 +85,11 @@ class BusWorkerHandle:
         except BusError:
             return None
         return device_db
+
+    def _let_go(self, acquired: "asyncio.Future[Any]") -> None:
+        """A worker acquired for a run that was deleted meanwhile: it ends at once."""
+        if not acquired.cancelled() and acquired.exception() is None:
+            self._client.send(acquired.result()["service"], "terminate")
 
     async def prepare(self) -> None:
         reply, self._prepare_reply = self._prepare_reply, None

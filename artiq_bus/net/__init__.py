@@ -7,7 +7,8 @@ from .curve import (CLIENT_KEY_ENV, SERVER_KEY_ENV, CurveClient, CurveServer,
                     generate_key_pair, load_public_key, load_secret_key)
 from .errors import AddressError, KeyFileError, NetError
 
-__all__ = ["configure", "keepalive_instead_of_heartbeats", "SocketReader", "watch_connection", "send_frames", "recv_frames",
+__all__ = ["configure", "keepalive_instead_of_heartbeats", "SocketReader", "watch_connection",
+           "send_frames", "recv_frames",
            "BusAddress", "is_loopback", "resolve_bind_hosts", "tcp_endpoint",
            "CLIENT_KEY_ENV", "SERVER_KEY_ENV", "CurveClient", "CurveServer",
            "generate_key_pair", "load_public_key", "load_secret_key",

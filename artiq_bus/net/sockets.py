@@ -10,8 +10,9 @@ from typing import Any
 
 import zmq
 
-__all__ = ["configure", "SocketReader", "watch_connection", "MessageHandler", "send_frames", "recv_frames",
-           "keepalive_instead_of_heartbeats", "TCP_HEARTBEAT_IVL_MS", "TCP_HEARTBEAT_TIMEOUT_MS", "MAX_MESSAGE_BYTES"]
+__all__ = ["configure", "SocketReader", "watch_connection", "MessageHandler", "send_frames",
+           "recv_frames", "keepalive_instead_of_heartbeats", "TCP_HEARTBEAT_IVL_MS",
+           "TCP_HEARTBEAT_TIMEOUT_MS", "MAX_MESSAGE_BYTES"]
 
 logger = logging.getLogger(__name__)
 

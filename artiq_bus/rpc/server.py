@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 MAX_CALLS_IN_FLIGHT = 1000
 #: How long a stopping server may take to deliver its last replies (``terminate``'s).
 _CLOSE_LINGER_MS = 1000
+#: Where a reply's out-of-band frames start (version, command, request id, status, body).
+_REPLY_BUFFERS = 5
 #: Peers whose first malformed message was logged (bounded: peers come and go).
 _MAX_LOGGED_PEERS = 1000
 
@@ -227,7 +229,7 @@ class Server:
         # array's memory, later, from its I/O thread: a driver that goes on updating
         # the array it returned (a camera's frame buffer) would send a torn one.  The
         # value is the driver's, so it is copied, not made read-only under its feet.
-        frames[5:] = [bytes(frame) for frame in frames[5:]]
+        frames[_REPLY_BUFFERS:] = [bytes(frame) for frame in frames[_REPLY_BUFFERS:]]
         # ROUTER drops a reply whose client is gone or too slow: nothing to handle.
         send_frames(self._sock, [identity, *frames])
         assert self._reader is not None

@@ -86,11 +86,13 @@ def file_import(filename: str | os.PathLike[str], prefix: str = "file_import_") 
     return module
 
 
-def _inside(module: ModuleType | None, directory: Path) -> bool:
+def _file_inside(module: ModuleType | None, directory: Path) -> Path | None:
+    """The file of ``module`` if it lies in ``directory``."""
     filename = getattr(module, "__file__", None)
     if not filename:
-        return False
-    return Path(filename).resolve().is_relative_to(directory)
+        return None
+    path = Path(filename).resolve()
+    return path if path.is_relative_to(directory) else None
 
 
 @contextlib.contextmanager
@@ -105,9 +107,9 @@ def forget_new_modules(directory: str | os.PathLike[str]) -> Iterator[list[Path]
         yield forgotten
     finally:
         for name in set(sys.modules) - before:
-            module = sys.modules.get(name)
-            if _inside(module, root):
-                forgotten.append(Path(module.__file__).resolve())  # type: ignore[union-attr,arg-type]
+            path = _file_inside(sys.modules.get(name), root)
+            if path is not None:
+                forgotten.append(path)
                 del sys.modules[name]
 
 

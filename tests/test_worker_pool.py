@@ -16,6 +16,8 @@ from helpers.runs import ScheduleWatch, descendants, submit, write_experiment
 
 #: The master's default number of spare workers.
 SPARES = 2
+#: Processes below the master besides workers: the zygote and the results node.
+RESIDENTS = 2
 
 #: prepare() and run() each wait for a line on their own FIFO: the test holds the run
 #: in each stage as long as it wants.
@@ -40,7 +42,8 @@ class Gated(EnvExperiment):
 
 
 def wait_processes(master: Master, count: int, timeout_s: float = 15.0) -> set[int]:
-    """Until exactly ``count`` processes run below the master (zygote included)."""
+    """Until exactly ``count`` processes run below the master (the zygote and the
+    results node included: :data:`RESIDENTS`)."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = descendants(master.popen.pid)
@@ -77,15 +80,15 @@ def make_gates(directory: Path) -> Path:
 def test_replacement_starts_after_the_hand_over(master: Master, tmp_path: Path) -> None:
     gates = make_gates(tmp_path / "gates")
     file = write_experiment(tmp_path, "gated.py", GATED)
-    spares = wait_processes(master, 1 + SPARES) - {master_zygote(master)}
+    spares = wait_processes(master, RESIDENTS + SPARES) - {master_zygote(master)}
     with ScheduleWatch(master) as watch:
         rid = submit(master, file, {"gates": str(gates)})
         watch.wait_status(rid, "preparing")
         # held in prepare(): its worker is a former spare, and nothing replaces it yet
-        assert wait_processes(master, 1 + SPARES) - {master_zygote(master)} == spares
+        assert wait_processes(master, RESIDENTS + SPARES) - {master_zygote(master)} == spares
         open_gate(gates, "prepare")
         watch.wait_status(rid, "running")
-        workers = wait_processes(master, 2 + SPARES) - {master_zygote(master)}
+        workers = wait_processes(master, RESIDENTS + 1 + SPARES) - {master_zygote(master)}
         assert spares < workers  # held in run(), beside its replacement
         open_gate(gates, "run")
         watch.wait_gone(rid)
@@ -95,7 +98,7 @@ def test_a_run_without_a_spare_gets_one_at_once(master: Master, tmp_path: Path) 
     count = SPARES + 1  # one more run than spares, each in its own pipeline
     gates = [make_gates(tmp_path / f"gates{index}") for index in range(count)]
     file = write_experiment(tmp_path, "gated.py", GATED)
-    wait_processes(master, 1 + SPARES)
+    wait_processes(master, RESIDENTS + SPARES)
     with ScheduleWatch(master) as watch:
         rids = []
         for index, run_gates in enumerate(gates):
@@ -131,4 +134,4 @@ def test_parallel_acquires_each_get_a_worker(master: Master) -> None:
             return list(workers)
     workers = asyncio.run(acquire_all())
     assert len({worker["pid"] for worker in workers}) == count
-    wait_processes(master, 1 + SPARES)  # the held ones gone, the spares back
+    wait_processes(master, RESIDENTS + SPARES)  # the held ones gone, the spares back

@@ -12,6 +12,9 @@ already starting is free for it).  The zygote reports every exit, so the pool ca
 how a worker died (``signal 9``, ``exit code 1``).  When the master goes, the zygote
 sees its stdin close and kills every worker: no orphans.
 
+The zygote also forks the results node (:mod:`artiq_bus.nodes.results`), which writes
+the workers' results files; the pool starts it again, after a pause, when it dies.
+
 Service ``workers``: ``acquire()``, ``ready(service, pid)`` and ``running(pid)`` (one-way,
 from workers), ``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
 """
@@ -32,6 +35,7 @@ from typing import Any
 from ..net import BusAddress, CurveClient
 from ..runtime.bus import BusConnection
 from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..worker.zygote import ChildRole
 
 __all__ = ["WorkerPool", "WORKERS_SERVICE", "describe_status"]
 
@@ -40,6 +44,8 @@ logger = logging.getLogger(__name__)
 WORKERS_SERVICE = "workers"
 #: How many ended workers' exit descriptions are remembered.
 _EXITS_KEPT = 1000
+#: Pause before the results node is started again after it died.
+RESULTS_RESTART_S = 1.0
 
 
 def describe_status(status: int) -> str:
@@ -78,6 +84,9 @@ class WorkerPool:
         self._exits: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._exit_waiters: dict[int, list[asyncio.Future[str]]] = {}
         self._alive: set[int] = set()
+        self._results_pid: int | None = None
+        self._results_restart: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +102,13 @@ class WorkerPool:
         self._host = bus.service(WORKERS_SERVICE, rpc_methods(self))
         await self._host.start()
         await self._host.registered.wait()
+        self._spawn_results()
         self._top_up()
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._results_restart is not None:
+            self._results_restart.cancel()
         if self._host is not None:
             await self._host.stop()
         if self._zygote is not None:
@@ -126,13 +139,22 @@ class WorkerPool:
 
     def _spawn(self) -> None:
         self._starting += 1
+        self._command({"spawn": {**self._bus_config(),
+                                 "service": f"worker.{uuid.uuid4().hex[:12]}"}})
+
+    def _spawn_results(self) -> None:
+        self._results_restart = None
+        if not self._stopping:
+            self._command({"spawn": {**self._bus_config(), "role": ChildRole.RESULTS,
+                                     "root": os.path.abspath("results")}})
+
+    def _bus_config(self) -> dict[str, Any]:
+        """What a child needs to join the bus."""
         address = self._worker_address
-        self._command({"spawn": {
-            "broker": {"control": address.control, "notify": address.notify,
-                       "publish": address.publish},
-            "service": f"worker.{uuid.uuid4().hex[:12]}",
-            "curve": self._curve.to_wire() if self._curve is not None else None,
-            "log_level": self._log_level}})
+        return {"broker": {"control": address.control, "notify": address.notify,
+                           "publish": address.publish},
+                "curve": self._curve.to_wire() if self._curve is not None else None,
+                "log_level": self._log_level}
 
     def _handed_over(self, pid: int) -> None:
         """The hand-over of worker ``pid`` is over: its replacement may start."""
@@ -145,12 +167,28 @@ class WorkerPool:
         async for line in self._zygote.stdout:
             message = json.loads(line)
             if "spawned" in message:
-                self._alive.add(message["spawned"])
+                if message.get("role") == ChildRole.RESULTS:
+                    self._results_pid = message["spawned"]
+                else:
+                    self._alive.add(message["spawned"])
             elif "exited" in message:
-                self._on_exit(message["exited"], message["status"])
+                if message["exited"] == self._results_pid:
+                    self._on_results_exit(message["status"])
+                else:
+                    self._on_exit(message["exited"], message["status"])
         code = await self._zygote.wait()
         if code != 0:
             logger.error("workers: the zygote ended with code %d", code)
+
+    def _on_results_exit(self, status: int) -> None:
+        self._results_pid = None
+        if self._stopping:
+            return
+        logger.warning("workers: the results node ended (%s); starting it again in %g s "
+                       "(meanwhile workers write their results files themselves)",
+                       describe_status(status), RESULTS_RESTART_S)
+        self._results_restart = asyncio.get_running_loop().call_later(
+            RESULTS_RESTART_S, self._spawn_results)
 
     def _on_exit(self, pid: int, status: int) -> None:
         description = describe_status(status)

@@ -4,6 +4,7 @@ prepare fails)."""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..language.core import set_watchdog_factory
+from ..protocol import BusError, NoSuchService, RemoteError
 from .arguments import ProcessArgumentManager
 from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
 from .compat import install_artiq_compat
@@ -22,7 +24,7 @@ from .datasets import DatasetManager
 from .devices import DeviceDB, DeviceManager
 from .errors import NotBuilt, RunDeletedWhilePaused
 from .examine import examine_file
-from .results import results_dir, results_path, write_results
+from .results_layout import results_dir, results_path
 from .tools import file_import, get_experiment
 
 if TYPE_CHECKING:
@@ -31,6 +33,12 @@ if TYPE_CHECKING:
 __all__ = ["ExperimentRunner"]
 
 logger = logging.getLogger(__name__)
+
+#: Results larger than this are written by the worker itself: one bus message carries at
+#: most 1 GiB, and the results node would hold a copy.
+RESULTS_BY_NODE_MAX_BYTES = 256 << 20
+#: How long the results node may take to write a file before the worker writes it.
+RESULTS_TIMEOUT_S = 120.0
 
 
 class ExperimentRunner:
@@ -172,16 +180,65 @@ class ExperimentRunner:
                               arglist_desc, title, timeout_s=WAIT_FOREVER_S)
 
     def write_results(self, outcome: str) -> None:
+        """The results file, on disk when this returns: written by the results node,
+        or here when it cannot (see :mod:`artiq_bus.nodes.results`)."""
         if self._experiment is None or self._datasets is None:
             return
+        assert self._bus is not None
+        datasets = self._datasets
+        content = dict(rid=self._rid, start_time=self._start_time,
+                       class_name=type(self._experiment).__name__, run_time=self._run_time,
+                       expid=self._expid, datasets=datasets.local, archive=datasets.archive,
+                       metadata=datasets.metadata,
+                       archive_metadata=datasets.archive_metadata, outcome=outcome)
+        if self._results_by_node(content):
+            return
+        from .results import write_results  # h5py: imported only when needed
         path = results_path(self._home / "results", self._start_time, self._rid,
-                            type(self._experiment).__name__)
-        write_results(path, rid=self._rid, start_time=self._start_time,
-                      run_time=self._run_time, expid=self._expid,
-                      datasets=self._datasets.local, archive=self._datasets.archive,
-                      metadata=self._datasets.metadata, version=__version__,
-                      outcome=outcome, archive_metadata=self._datasets.archive_metadata)
+                            content.pop("class_name"))
+        write_results(path, version=__version__, **content)
         logger.debug("worker(%d): results written to %s", self._rid, path)
+
+    def _results_by_node(self, content: dict[str, Any]) -> bool:
+        """Whether the results node wrote the file.  A value HDF5 cannot hold raises
+        here as it would when written locally; any other failure means: write it here."""
+        assert self._bus is not None and self._datasets is not None
+        if _payload_bytes(self._datasets) > RESULTS_BY_NODE_MAX_BYTES:
+            return False
+        try:
+            path = self._bus.call("results", "write", timeout_s=RESULTS_TIMEOUT_S,
+                                  **content)
+        except RemoteError as exc:
+            if exc.remote_type in ("TypeError", "ValueError"):
+                raise getattr(builtins, exc.remote_type)(exc.args[0]) from None
+            logger.warning("worker(%d): the results node failed (%s): writing the results "
+                           "file here", self._rid, exc)
+            return False
+        except NoSuchService:  # not started yet, or starting again
+            logger.debug("worker(%d): no results node: writing the results file here",
+                         self._rid)
+            return False
+        except (BusError, TypeError) as exc:  # TypeError: a value the bus cannot carry
+            logger.warning("worker(%d): cannot reach the results node (%s): writing the "
+                           "results file here", self._rid, exc)
+            return False
+        logger.debug("worker(%d): results written to %s", self._rid, path)
+        return True
+
+
+def _payload_bytes(datasets: DatasetManager) -> int:
+    """About how many bytes the results take on the wire (a list's items count 16
+    bytes each, a scalar nothing)."""
+    total = 0
+    for values in (datasets.local, datasets.archive):
+        for value in values.values():
+            if isinstance(value, (bytes, str)):
+                total += len(value)
+            elif isinstance(value, (list, tuple)):
+                total += 16 * len(value)
+            else:
+                total += getattr(value, "nbytes", 0)
+    return total
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,10 +3,12 @@ one child per worker on request, so that a new worker costs a fork, not an inter
 start and 0.7 s of imports.
 
 It holds no ZeroMQ context (a forked context is unusable), no threads and no event
-loop; each child makes its own.  Protocol on stdin/stdout, one JSON object per line:
+loop; each child makes its own.  A CONFIG with ``"role": "results"`` starts the results
+node instead (:mod:`artiq_bus.nodes.results`): a long-lived child that writes results
+files.  Protocol on stdin/stdout, one JSON object per line:
 
     → {"spawn": CONFIG}                     fork a worker running worker.process.main(CONFIG)
-    ← {"spawned": PID}
+    ← {"spawned": PID, "role": ROLE}        (ROLE: CONFIG's "role", default "worker")
     → {"signal": [PID, SIGNUM]}             signal a child (ignored if it is gone)
     ← {"exited": PID, "status": STATUS}     a child ended (STATUS as os.waitpid gives it)
 
@@ -20,6 +22,7 @@ so copy nearly every page of the parent (copy-on-write), milliseconds of CPU per
 
 from __future__ import annotations
 
+import enum
 import gc
 import importlib
 import json
@@ -29,17 +32,24 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-# Imported here, before any fork, so that children start with them loaded.
-import h5py  # noqa: F401
+# Imported here, before any fork, so that children start with them loaded.  Not h5py:
+# workers leave results files to the results node, and h5py's hundreds of mappings
+# would make every fork and exit slower.
 import msgpack  # noqa: F401
 import numpy  # noqa: F401
 import zmq  # noqa: F401
 
 from ..language import environment  # noqa: F401
-from . import experiment, process, results, warmup  # noqa: F401
+from . import experiment, process, warmup  # noqa: F401
 from .compat import ALIASES, install_artiq_compat
 
-__all__ = ["main"]
+__all__ = ["main", "ChildRole"]
+
+class ChildRole(enum.StrEnum):
+    """What a child runs (the ``"role"`` of its CONFIG)."""
+
+    WORKER = "worker"  #: one run's worker (worker.process.main)
+    RESULTS = "results"  #: the results node (nodes.results.main)
 
 #: How long children get between SIGTERM and SIGKILL when the zygote shuts down.
 _SHUTDOWN_GRACE_S = 1.0
@@ -96,7 +106,7 @@ class Zygote:
         pidfd = os.pidfd_open(pid)
         self._children[pid] = pidfd
         self._selector.register(pidfd, selectors.EVENT_READ, pid)
-        self._reply({"spawned": pid})
+        self._reply({"spawned": pid, "role": config.get("role", ChildRole.WORKER)})
 
     def _become_worker(self, config: dict[str, Any]) -> None:
         code = 1
@@ -111,7 +121,11 @@ class Zygote:
             os.dup2(devnull, 0)  # the zygote's commands are not for us
             os.dup2(devnull, 1)  # nor its replies: nothing of ours may go there
             os.close(devnull)
-            code = process.main(config)
+            if config.get("role") == ChildRole.RESULTS:
+                from ..nodes import results as results_node  # imports h5py: not here
+                code = results_node.main(config)
+            else:
+                code = process.main(config)
         except BaseException:  # never return into the zygote's loop
             import traceback
             traceback.print_exc()

@@ -1,0 +1,169 @@
+"""The results node (artiq_bus.nodes.results): workers' results files are written by a
+long-lived process, byte for byte what the worker would write; bad requests are
+refused; a dead node costs no results file (workers write their own until it is back).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from artiq_bus.client.sync import Client
+from artiq_bus.protocol import RemoteError
+from artiq_bus.worker.results import write_results
+from conftest import Master
+from helpers.runs import (ScheduleWatch, read_results, results_file, submit, wait_dead,
+                          write_experiment)
+
+MANY_TYPES = '''\
+import numpy as np
+
+from artiq.experiment import *
+
+
+class ManyTypes(EnvExperiment):
+    def build(self):
+        pass
+
+    def run(self):
+        self.set_dataset("frequency", 1.5e6, unit="kHz", scale=1e3, precision=3)
+        self.set_dataset("label", "first")
+        self.set_dataset("counts", np.arange(1000, dtype=np.int32))
+        self.set_dataset("image", np.linspace(0, 1, 12).reshape(3, 4))
+        self.set_dataset("names", ["a", "bc"])
+        self.set_dataset("blob", b"\\x00\\x01")
+        self.set_dataset("z", 1 + 2j)
+        self.set_dataset("flag", True)
+        self.set_dataset("missing", float("nan"))
+        self.set_dataset("not_archived", 1, archive=False)
+'''
+
+BAD_VALUE = '''\
+from artiq.experiment import *
+
+
+class BadValue(EnvExperiment):
+    def run(self):
+        self.set_dataset("bad", {"a": 1})
+'''
+
+EMPTY = '''\
+from artiq.experiment import *
+
+
+class Empty(EnvExperiment):
+    def run(self):
+        pass
+'''
+
+
+def node_status(master: Master, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The results node's ``status()``, once it is registered."""
+    deadline = time.monotonic() + timeout_s
+    with Client(master.address) as client:
+        while True:
+            try:
+                status: dict[str, Any] = client.call("results", "status", timeout_s=2.0)
+                return status
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                client.call("broker", "ping", timeout_s=2.0)  # a round trip, not a sleep
+
+
+def test_the_node_writes_what_the_worker_would(master: Master, tmp_path: Path) -> None:
+    """Every dataset type arrives as set; the file equals one written in-process."""
+    node_status(master)
+    file = write_experiment(tmp_path, "many.py", MANY_TYPES)
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file)
+        watch.wait_gone(rid)
+    assert node_status(master)["written"] == 1
+    fields = read_results(results_file(tmp_path, rid))
+    reference = tmp_path / "reference.h5"
+    write_results(reference, rid=rid, start_time=fields["start_time"],
+                  run_time=fields["run_time"], expid=fields["expid"], version=fields[
+                      "artiq_version"], outcome="completed", archive={}, metadata={
+                      "frequency": {"unit": "kHz", "scale": 1e3, "precision": 3}},
+                  datasets={"frequency": 1.5e6, "label": "first",
+                            "counts": np.arange(1000, dtype=np.int32),
+                            "image": np.linspace(0, 1, 12).reshape(3, 4),
+                            "names": ["a", "bc"], "blob": b"\x00\x01", "z": 1 + 2j,
+                            "flag": True, "missing": float("nan")})
+    expected = read_results(reference)
+    assert fields.keys() == expected.keys()
+    assert fields["datasets"].keys() == expected["datasets"].keys()
+    for key, (value, attributes) in expected["datasets"].items():
+        got, got_attributes = fields["datasets"][key]
+        assert got_attributes == attributes, key
+        np.testing.assert_equal(got, value, err_msg=key)
+        assert np.asarray(got).dtype == np.asarray(value).dtype, key
+    for name in ("rid", "start_time", "run_time", "expid_text", "outcome", "artiq_version"):
+        assert fields[name] == expected[name], name
+
+
+def test_a_value_hdf5_cannot_hold_fails_as_in_the_worker(master: Master,
+                                                           tmp_path: Path) -> None:
+    """The node's TypeError reaches the experiment's log as the worker's own would."""
+    file = write_experiment(tmp_path, "bad.py", BAD_VALUE)
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file)
+        watch.wait_gone(rid)
+    line = master.wait_for_line(r"analyze\(\) failed")
+    assert "ERROR:worker(" in line
+    master.wait_for_line(r"^TypeError: Error writing dataset 'bad' of type 'dict'")
+    assert "RemoteTypeError" not in master.output()
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"class_name": "../../escaped"}, "class_name must be a Python identifier"),
+    ({"rid": -1}, "rid must be an integer"),
+    ({"rid": "7"}, "rid must be an integer"),
+    ({"start_time": float("inf")}, "start_time must be a finite number"),
+    ({"expid": [1]}, "expid must be a map"),
+    ({"datasets": [1, 2]}, "datasets must be a map"),
+    ({"datasets": {"x": {"nested": 1}}}, "Error writing dataset 'x' of type 'dict'"),
+])
+def test_bad_requests_are_refused(master: Master, tmp_path: Path, change: dict[str, Any],
+                                  error: str) -> None:
+    before = node_status(master)
+    request = {"rid": 1, "start_time": time.time(), "class_name": "Fine", "run_time": None,
+               "expid": {"file": "x.py"}, "datasets": {}, "archive": {}, "metadata": {},
+               **change}
+    with Client(master.address) as client:
+        with pytest.raises(RemoteError, match=error):
+            client.call("results", "write", **request)
+        with pytest.raises(RemoteError):
+            client.call("results", "write", 1, 2)  # missing arguments
+    assert node_status(master) == before  # alive, nothing written
+    assert not list(tmp_path.rglob("*.h5")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_killed_node_loses_no_results_file(master: Master, tmp_path: Path) -> None:
+    """Runs that end while the node is dead write their own file; the pool starts the
+    node again and later runs go through it."""
+    first = node_status(master)
+    file = write_experiment(tmp_path, "empty.py", EMPTY)
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_dead({first["pid"]}, 5.0)
+    with ScheduleWatch(master) as watch:
+        rids = [submit(master, file) for _ in range(5)]
+        for rid in rids:
+            watch.wait_gone(rid)
+    master.wait_for_line(r"WARNING:.*the results node ended \(killed by signal 9")
+    for rid in rids:
+        assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
+
+    again = node_status(master)
+    assert again["pid"] != first["pid"]
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file)
+        watch.wait_gone(rid)
+    assert node_status(master)["written"] == again["written"] + 1
+    assert read_results(results_file(tmp_path, rid))["rid"] == rid

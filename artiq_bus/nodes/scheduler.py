@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..broker import Broker
+from ..broker.local import LocalClient
 from ..runtime.bus import BusConnection
 from ..runtime.service import ServiceHost, rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..scheduling import RIDCounter, Scheduler
-from ..scheduling.bus_worker import BusWorkerHandle
+from ..scheduling.bus_worker import BusCaller, BusWorkerHandle
 from ..worker.results import results_path, write_results
 from .repository import RepositoryClient
 
@@ -57,6 +59,7 @@ class SchedulerNode:
         self._owners: list[StructOwner] = []
         self._host: ServiceHost | None = None
         self._interactive: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
+        self._local_client: LocalClient | None = None
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,8 +77,13 @@ class SchedulerNode:
         for owner in self._owners:
             await owner.start()
         repository = RepositoryClient(bus.client)  # checkouts of repository runs
+        # Inside the master, calls to the pool and the workers skip the client's
+        # socket: several per run.
+        workers: BusCaller = bus.client
+        if isinstance(bus.local, Broker):
+            workers = self._local_client = LocalClient(bus.local)
         self._scheduler = Scheduler(
-            lambda rid: BusWorkerHandle(bus.client, rid),
+            lambda rid: BusWorkerHandle(workers, rid),
             RIDCounter("last_rid.pyon", str(self._results)), schedule,
             log_submissions=self._log_submissions, persist_path=self._persist_path,
             results_writer=self._write_results,
@@ -97,6 +105,8 @@ class SchedulerNode:
             future.cancel()
         for owner in self._owners:
             await owner.stop()
+        if self._local_client is not None:
+            self._local_client.stop()
 
     @property
     def scheduler(self) -> Scheduler:

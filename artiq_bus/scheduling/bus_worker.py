@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import Any, Protocol
 
-from ..client.aio import AsyncClient
 from ..protocol import BusError, DeadlineExceeded, RemoteError, ServiceDied, Unavailable
 from .errors import (WorkerBuildTimeout, WorkerCrashed, WorkerError, WorkerTimeout,
                      WorkerWatchdogTimeout)
 from .worker import PauseGate
 
-__all__ = ["BusWorkerHandle", "ACQUIRE_TIMEOUT_S", "BUILD_TIMEOUT_S", "CLOSE_STEP_S"]
+__all__ = ["BusWorkerHandle", "BusCaller", "ACQUIRE_TIMEOUT_S", "BUILD_TIMEOUT_S",
+           "CLOSE_STEP_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,23 @@ _FOREVER_S = 30 * 24 * 3600.0
 _WRITES_RESULTS = frozenset({"run", "analyze"})
 
 
+class BusCaller(Protocol):
+    """What the handle calls through: an ``AsyncClient``, or inside the master a
+    ``LocalClient`` (no socket)."""
+
+    async def call(self, service: str, method: str, /, *args: Any,
+                   timeout_s: float | None = None, **kwargs: Any) -> Any: ...
+
+    def request(self, service: str, method: str, /, *args: Any,
+                timeout_s: float | None = None, **kwargs: Any) -> "asyncio.Future[Any]": ...
+
+    def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+
 class BusWorkerHandle:
     """One run's worker, reached through the broker."""
 
-    def __init__(self, client: AsyncClient, rid: int):
+    def __init__(self, client: BusCaller, rid: int):
         self.exit_description: str | None = None
         self._client, self._rid = client, rid
         self._service: str | None = None

@@ -1,0 +1,132 @@
+"""A client inside the broker's process: its calls are handed to the broker by a
+function call, like the master's services (``Broker.attach_local``), not sent on a
+DEALER socket.
+
+Same messages, same routing, same errors as :class:`~artiq_bus.client.aio.AsyncClient`
+(deadlines on the caller's side too), without the two socket hops and the loop turns
+per request and reply: the scheduler calls the pool, the device database and its
+workers several times per run.  A request to a service in this process is answered
+within the call that sends it when the service's method is a plain function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+from ..client.aio import DEFAULT_TIMEOUT_S
+from ..protocol import (VERSION, Command, DeadlineExceeded, ProtocolError, Status,
+                        Unavailable, encode_timeout, error_from_wire, pack, split_command,
+                        unpack)
+from .broker import Broker
+
+__all__ = ["LocalClient"]
+
+logger = logging.getLogger(__name__)
+
+
+def _buffer(frame: Any) -> Any:
+    """A frame's content without a copy (``bytes`` stay as they are)."""
+    return frame if isinstance(frame, bytes) else frame.buffer
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+class LocalClient:
+    """Calls services through the broker of this process (``request``, ``call``,
+    ``send`` as :class:`~artiq_bus.client.aio.AsyncClient`'s)."""
+
+    def __init__(self, broker: Broker, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self._broker = broker
+        self._where = broker.inproc.control  # named in deadline errors, as the client's
+        self._ids = itertools.count(1)
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._identity: bytes | None = broker.attach_local(self._receive)
+
+    def stop(self) -> None:
+        """Fail the calls in flight and leave the broker (later calls fail)."""
+        if self._identity is not None:
+            self._broker.detach_local(self._identity)
+            self._identity = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable("client stopped"))
+
+    # -- calling ----------------------------------------------------------------------
+
+    async def call(self, service: str, method: str, /, *args: Any,
+                   timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """Call ``service.method(*args, **kwargs)``; raise its error or a bus error."""
+        return await self.request(service, method, *args, timeout_s=timeout_s, **kwargs)
+
+    def request(self, service: str, method: str, /, *args: Any,
+                timeout_s: float | None = None, **kwargs: Any) -> "asyncio.Future[Any]":
+        """Send a call now; the future of its reply (possibly done already)."""
+        body, buffers = pack([list(args), kwargs])
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        request_id = next(self._ids).to_bytes(8, "big")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        timer = loop.call_later(timeout_s, self._expire, future, service, method, timeout_s)
+
+        def forget(_: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+
+        self._pending[request_id] = future
+        future.add_done_callback(forget)
+        try:
+            self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
+                        method.encode(), encode_timeout(timeout_s), body, *buffers])
+        except BaseException:
+            future.cancel()  # the caller gets the exception; forget() still runs
+            raise
+        return future
+
+    def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """One-way message: no reply, no error report."""
+        body, buffers = pack([list(args), kwargs])
+        self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(),
+                    body, *buffers])
+
+    def _send(self, frames: list[Any]) -> None:
+        if self._identity is None:
+            raise Unavailable("client stopped")
+        self._broker.receive_local(self._identity, frames)
+
+    def _expire(self, future: asyncio.Future[Any], service: str, method: str,
+                timeout_s: float) -> None:
+        if not future.done():
+            future.set_exception(DeadlineExceeded(
+                f"{service}.{method}: no reply within {timeout_s:g} s from {self._where}"))
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _receive(self, frames: list[Any]) -> None:
+        """What the broker sends us: replies."""
+        try:
+            self._on_reply(frames)
+        except ProtocolError as exc:
+            logger.warning("local client: dropping malformed reply from broker: %s", exc)
+
+    def _on_reply(self, frames: list[Any]) -> None:
+        command, rest = split_command(frames)
+        if command is not Command.REPLY or len(rest) < 3:
+            raise ProtocolError(f"unexpected {command.name} from the broker")
+        future = self._pending.get(_bytes(rest[0]))
+        if future is None or future.done():
+            return  # its caller gave up
+        try:
+            value = unpack(_buffer(rest[2]), rest[3:])
+        except ProtocolError as exc:
+            future.set_exception(exc)
+            return
+        if _bytes(rest[1]) == Status.OK.value:
+            future.set_result(value)
+        else:
+            future.set_exception(error_from_wire(value))

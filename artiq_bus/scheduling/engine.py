@@ -114,6 +114,7 @@ class Scheduler:
                 logger.error("RID %d was %s when the master stopped: interrupted, not run "
                              "again", rid, record.get("status"))
                 self._report(rid, record, INTERRUPTED)
+                self._file.changed(rid)  # reported once: out of the database
         self._file.changed()
         await self._file.written()
         self._started = True

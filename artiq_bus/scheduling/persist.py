@@ -1,84 +1,39 @@
 """The persisted schedule: what must survive a master crash (``kill -9``, power loss).
 
-An SQLite database (``schedule.sqlite`` beside the master, WAL journal,
-``synchronous=FULL``: a commit is on disk when it returns)::
+The database (its format, and which commits are synced to the disk) is described in
+:mod:`.schedule_db`.  It holds every run that is queued (``pending``/``flushing``) or
+active (a worker holds it); runs being deleted are left out.  Each change writes only
+the runs it touched, so a full queue costs no more per change than an empty one.
 
-    runs(rid INTEGER PRIMARY KEY, record TEXT)   -- PYON of {"pipeline", "expid",
-        "priority", "due_date", "flush", "status", "repo_msg", "start_time", "run_time"}
-    meta(key TEXT PRIMARY KEY, value)            -- "version": 2, "last_rid": N
-
-It holds every run that is queued (``pending``/``flushing``) or active (a worker holds
-it); runs being deleted are left out.  Each change writes only the runs it touched, so
-a full queue costs no more per change than an empty one.  One writer task hands the
-runs changed since the last commit to one thread (SQLite releases the GIL while it
-works): changes made while a commit is in flight go into the next one, and the thread
-then brings the RID counter's own file up to date.  ``submit()`` awaits the commit of
-its run before it returns the RID, so a client that got a RID can rely on it, and on
-no later RID being reused: ``last_rid`` is in the same commit.  At the next start,
-queued runs come back with their RIDs and active ones are reported as interrupted.
+A change hands the run's record to the store's thread (SQLite releases the GIL while
+it works), which commits until nothing is left: changes made while a commit is in
+flight go into the next one.  The loop hears of a commit only when something waits
+for it, and wakes the thread only when it is idle: a hand-over costs a dict store.
+After each commit the thread brings the RID counter's own file up to date.
+``submit()`` awaits the commit of its run before it returns the RID, so a client that
+got a RID can rely on it, and on no later RID being reused: ``last_rid`` is in the
+same commit.  At the next start, queued runs come back with their RIDs and active ones
+are reported as interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import os
-import sqlite3
+import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import pyon
 from .rid import RIDCounter
-from .tasks import Signal
+from .schedule_db import FORMAT_VERSION, Changes, Records, ScheduleWriter, read_schedule
 
 __all__ = ["ScheduleStore", "FORMAT_VERSION", "read_schedule"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 2
-
-Records = dict[int, dict[str, Any]]
-#: Run → its record, or None once it is neither queued nor active (a deletion).
-Changes = dict[int, dict[str, Any] | None]
-
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (rid INTEGER PRIMARY KEY, record TEXT NOT NULL)",
-           "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    for statement in _SCHEMA:
-        connection.execute(statement)
-    return connection
-
-
-def read_schedule(path: str | os.PathLike[str]) -> tuple[int, Records]:
-    """``(last_rid, records)`` in the database at ``path`` (ValueError if it is not a
-    schedule database of this version)."""
-    try:
-        connection = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-        try:
-            meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-            rows = connection.execute("SELECT rid, record FROM runs").fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
-        raise ValueError(f"not a schedule database ({exc})") from None
-    if meta.get("version") != FORMAT_VERSION or not isinstance(meta.get("last_rid"), int):
-        raise ValueError(f"not a version {FORMAT_VERSION} schedule database")
-    records = {}
-    for rid, text in rows:
-        try:
-            records[rid] = pyon.decode(text)
-        except pyon.PyonError:
-            logger.error("persisted schedule: dropping the unreadable record of RID %d", rid)
-    return meta["last_rid"], records
 
 
 class ScheduleStore:
@@ -90,16 +45,20 @@ class ScheduleStore:
         self.path = Path(path) if path is not None else None
         self._record_of = record_of
         self._rids = rids
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "schedule-store")
-        self._connection: sqlite3.Connection | None = None
-        self._dirty: set[int] = set()
-        self._requested = 0  # number of changes so far
-        self._written = 0  # number of changes committed
-        self._wrote = Signal()
-        self._writer: asyncio.Task[None] | None = None
+        self._writer = ScheduleWriter(self.path, rids)  # the thread's own
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Shared with the thread, under the lock:
+        self._lock = threading.Lock()
+        self._pending: Changes = {}  # handed over, not in a commit yet
+        self._handed = 0  # number of changes so far
+        self._written = 0  # of those, committed (or failed to be, logged)
+        self._draining = False  # the thread commits, or is about to
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # The loop's own (the thread reads _frozen):
         self._frozen = False
         self._final: Records | None = None
-        self._failing = False
         self._closed = False
 
     async def load(self) -> Records:
@@ -123,33 +82,28 @@ class ScheduleStore:
 
     def changed(self, rid: int | None = None) -> None:
         """Run ``rid`` changed (None: only the RIDs): have it committed."""
-        if self._frozen:
+        if self._frozen or self._closed:
             return
-        if rid is not None:
-            self._dirty.add(rid)
-        self._requested += 1
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop(), name="persist schedule")
-
-    async def _write_loop(self) -> None:
-        """Commit until the database is up to date; changes made meanwhile are
-        coalesced into the next commit."""
-        while self._written < self._requested and not self._frozen:
-            generation = self._requested
-            changes: Changes = {rid: self._record_of(rid) for rid in self._dirty}
-            self._dirty.clear()
-            try:
-                if not await self._in_thread(self._commit, changes, False):
-                    self._dirty.update(changes)  # retried with the next change
-            finally:  # whatever happened, nobody waits for this generation any more
-                self._written = generation
-                self._wrote.notify()
+        record = None if rid is None else self._record_of(rid)
+        with self._lock:
+            if rid is not None:
+                self._pending[rid] = record
+            self._handed += 1
+            if self._draining:
+                return  # the thread takes it with its next commit
+            self._draining = True
+        self._put(self._drain)
 
     async def written(self) -> None:
         """Until every change made so far is committed (or failed to be, logged)."""
-        target = self._requested
-        while self._written < target and not self._frozen:
-            await self._wrote.wait()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._written >= self._handed or self._frozen:
+                return
+            future = loop.create_future()
+            self._waiters.append((self._handed, future))
+            self._loop = loop
+        await future
 
     def freeze(self, records: Records | None) -> None:
         """Make ``records`` the final content (None: leave the database as it is) and
@@ -157,72 +111,100 @@ class ScheduleStore:
         database); :meth:`close` commits it."""
         if not self._frozen:
             self._frozen, self._final = True, records
+            self._release()
 
     async def close(self) -> None:
-        """Wait for the commit in flight, commit the final content (if frozen), close
+        """Wait for the commits in flight, commit the final content (if frozen), close
         (once: later calls return at once)."""
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
         final, self._final = self._final, None
-        if final is not None:
-            await self._in_thread(self._commit, dict(final), True)
-        await self._in_thread(self._disconnect)
-        self._thread.shutdown(wait=False)
-        self._wrote.notify()
+        # The thread runs its jobs in order: this one comes after every commit.
+        await self._in_thread(self._finish, final)
+        self._jobs.put(None)  # the thread ends
+        self._release()
+
+    def _release(self) -> None:
+        """Wake the waiters whose changes are written (every one once frozen)."""
+        with self._lock:
+            written, waiters, frozen = self._written, self._waiters, self._frozen
+            self._waiters = [(target, future) for target, future in waiters
+                             if target > written and not frozen]
+        for target, future in waiters:
+            if (target <= written or frozen) and not future.done():
+                future.set_result(None)
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _put(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            # A daemon: a master that ends without close() has crashed anyway, and a
+            # transaction cut short is rolled back.
+            self._thread = threading.Thread(target=self._serve, name="schedule-store",
+                                            daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        """The thread: run jobs in order until told to end."""
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a bug: the thread must go on committing
+                logger.exception("persisted schedule: %r failed", job)
 
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function,
-                                                                *args)
+        """``function(*args)`` run in the thread, after every job before it."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
 
-    # -- in the store's thread -----------------------------------------------------------
+        def job() -> None:
+            try:
+                result = function(*args)
+            except BaseException as exc:  # handed to the caller
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+        self._put(job)
+        return await future
 
-    def _commit(self, changes: Changes, replace_all: bool) -> bool:
-        """One transaction: ``changes`` (every other run deleted if ``replace_all``)
-        and the last RID; then the RID file.  Whether it worked."""
+    def _drain(self) -> None:
+        """Commit until every change handed over is written (stop once frozen)."""
+        while True:
+            with self._lock:
+                if self._written >= self._handed or self._frozen:
+                    self._draining = False
+                    return
+                changes, self._pending = self._pending, {}
+                generation = self._handed
+            worked = self._writer.commit(changes)
+            with self._lock:
+                if not worked:  # retried with the next change
+                    for rid, record in changes.items():
+                        self._pending.setdefault(rid, record)
+                self._written = generation
+                waiting = bool(self._waiters)
+            if waiting:
+                self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        assert self._loop is not None
         try:
-            if self.path is not None:
-                self._transaction(changes, replace_all)
-            self._rids.store()
-        except (sqlite3.Error, OSError, TypeError, pyon.PyonError) as exc:
-            if not self._failing:  # log once per failing spell; the master goes on
-                logger.error("cannot write the persisted schedule %s: %s (RIDs %s)",
-                             self.path, exc, sorted(changes))
-            self._failing = True
-            self._disconnect()  # the next commit starts afresh
-            return False
-        if self._failing:
-            logger.info("persisted schedule %s written again", self.path)
-        self._failing = False
-        return True
+            self._loop.call_soon_threadsafe(self._release)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
-    def _transaction(self, changes: Changes, replace_all: bool) -> None:
-        assert self.path is not None
-        if self._connection is None:
-            self._connection = _connect(self.path)
-        rows = [(rid, pyon.encode(record)) for rid, record in changes.items()
-                if record is not None]
-        gone = [(rid,) for rid, record in changes.items() if record is None]
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if replace_all:
-                connection.execute("DELETE FROM runs")
-            connection.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)", rows)
-            connection.executemany("DELETE FROM runs WHERE rid = ?", gone)
-            connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                   [("version", FORMAT_VERSION),
-                                    ("last_rid", self._rids.last)])
-            connection.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            raise
+    def _finish(self, final: Records | None) -> None:
+        if final is not None:
+            self._writer.commit(dict(final), replace_all=True)
+        self._writer.close()
 
-    def _disconnect(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._connection.close()
-            self._connection = None
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return  # its caller gave up
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -39,11 +39,13 @@ def _new_temp(target: Path) -> Path:
 
 
 @contextmanager
-def atomic_replace(path: str | os.PathLike[str], durable: bool = True) -> Iterator[Path]:
+def atomic_replace(path: str | os.PathLike[str], durable: bool = True,
+                   sync_directory: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; it replaces ``path`` in one step, flushed
     to disk (unless not ``durable``: a cache that something durable backs), when the
     block succeeds, and is removed when it fails.  Readers see the old file or the new
-    one, never a part."""
+    one, never a part.  ``sync_directory=False``: the caller flushes the directory
+    (the rename) itself, once for several files."""
     target = Path(path)
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(target.parent))
@@ -56,5 +58,7 @@ def atomic_replace(path: str | os.PathLike[str], durable: bool = True) -> Iterat
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    if durable:
-        fsync_path(target.resolve().parent, directory=True)
+    if durable and sync_directory:
+        # the rename is an entry of target's own directory (a symlink is replaced, not
+        # followed)
+        fsync_path(target.parent, directory=True)

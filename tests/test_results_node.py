@@ -13,13 +13,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Master
+from helpers.runs import (
+    ScheduleWatch,
+    read_results,
+    results_file,
+    submit,
+    wait_dead,
+    write_experiment,
+)
 
 from artiq_bus.client.sync import Client
 from artiq_bus.protocol import RemoteError
 from artiq_bus.worker.results import write_results
-from conftest import Master
-from helpers.runs import (ScheduleWatch, read_results, results_file, submit, wait_dead,
-                          write_experiment)
 
 MANY_TYPES = '''\
 import numpy as np

@@ -11,7 +11,10 @@ is never lost to this node.
 Service ``results``: ``status()``; ``write(rid, start_time, class_name, ...)`` writes
 ``<root>/YYYY-MM-DD/HH/<rid:09>-<class_name>.h5`` (layout in
 :mod:`artiq_bus.worker.results`) crash-safely and returns its path once it is on disk.
-Files are written one at a time, off the event loop.
+Files are written one at a time, off the event loop; requests that arrive meanwhile
+are written as one batch, whose directory entries are flushed to disk together (one
+``fsync`` of a directory for the batch, not one per file) before any of them is
+answered.
 
 The worker pool starts this node in a process forked by the zygote (:func:`main`),
 with the master's working directory, and starts it again if it dies.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +35,7 @@ from typing import Any
 import zmq
 
 from .. import __version__
+from ..files import fsync_path
 from ..net import BusAddress, CurveClient
 from ..protocol import Liveness
 from ..runtime.bus import BusConnection
@@ -52,11 +57,15 @@ class ResultsNode:
 
     def __init__(self, root: str | Path = "results"):
         self.root = Path(root).absolute()
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, "results-writer")
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "results-writer")
         self._host: ServiceHost | None = None
+        self._jobs: list[_Job] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         self.written = 0
 
     async def start(self, bus: BusConnection) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="results-writer")
         # h5py may hold the GIL through one long write: judge liveness by connection
         self._host = bus.service(RESULTS_SERVICE, rpc_methods(self), reconnect=False,
                                  liveness_by=Liveness.CONNECTION)
@@ -65,7 +74,10 @@ class ResultsNode:
     async def stop(self) -> None:
         if self._host is not None:
             await self._host.stop()
-        self._writer.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self._thread.shutdown(wait=True)
 
     @property
     def host(self) -> ServiceHost | None:
@@ -92,14 +104,70 @@ class ResultsNode:
                               ("archive_metadata", archive_metadata or {})):
             if not isinstance(mapping, Mapping):
                 raise TypeError(f"{name} must be a map, not {type(mapping).__name__}")
-        path = results_path(self.root, start_time, rid, class_name)
-        await asyncio.get_running_loop().run_in_executor(self._writer, lambda: write_results(
-            path, rid=rid, start_time=start_time, run_time=run_time, expid=expid,
-            datasets=datasets, archive=archive, metadata=metadata, version=__version__,
-            outcome=outcome, archive_metadata=archive_metadata))
-        self.written += 1
-        logger.debug("results: RID %d written to %s", rid, path)
-        return str(path)
+        content = {"rid": rid, "start_time": start_time, "run_time": run_time,
+                   "expid": expid, "datasets": datasets, "archive": archive,
+                   "metadata": metadata, "outcome": outcome,
+                   "archive_metadata": archive_metadata}
+        job = _Job(results_path(self.root, start_time, rid, class_name), content,
+                   asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._wake.set()
+        await job.done
+        logger.debug("results: RID %d written to %s", rid, job.path)
+        return str(job.path)
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            jobs, self._jobs = self._jobs, []
+            errors: list[Exception | None]
+            try:
+                errors = await loop.run_in_executor(self._thread, _write_batch, jobs)
+            except Exception as exc:  # a bug here must not stop every later write
+                logger.exception("results: writing %d files failed", len(jobs))
+                errors = [exc for _ in jobs]
+            for job, error in zip(jobs, errors):
+                if job.done.done():  # its caller is gone
+                    continue
+                if error is None:
+                    self.written += 1
+                    job.done.set_result(None)
+                else:
+                    job.done.set_exception(error)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One file to write: where, ``write_results``'s arguments, and its outcome."""
+
+    path: Path
+    content: dict[str, Any]
+    done: asyncio.Future[None]
+
+
+def _write_batch(jobs: list[_Job]) -> list[Exception | None]:
+    """Write every file, then flush each directory entry once (in the writer's
+    thread); for each job, the error it ended with."""
+    errors: list[Exception | None] = []
+    written: dict[Path, list[int]] = {}
+    for index, job in enumerate(jobs):
+        try:
+            write_results(job.path, version=__version__, sync_directory=False,
+                          **job.content)
+        except Exception as exc:  # noqa: BLE001 (the caller's error reply)
+            errors.append(exc)
+        else:
+            errors.append(None)
+            written.setdefault(job.path.parent, []).append(index)
+    for directory, indices in written.items():
+        try:
+            fsync_path(directory, directory=True)
+        except OSError as exc:
+            for index in indices:
+                errors[index] = exc
+    return errors
 
 
 def _check_request(rid: Any, start_time: Any, class_name: Any, run_time: Any,

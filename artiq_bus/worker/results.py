@@ -149,9 +149,10 @@ def _write_group(parent: h5py.Group, name: str, datasets: Mapping[str, Any],
 
 
 @contextmanager
-def _atomic_h5(path: PathLike) -> Iterator[h5py.File]:
+def _atomic_h5(path: PathLike, sync_directory: bool = True) -> Iterator[h5py.File]:
     """An HDF5 file that replaces ``path`` in one step when the block succeeds."""
-    with atomic_replace(path) as temp, h5py.File(temp, "w") as h5file:
+    with atomic_replace(path, sync_directory=sync_directory) as temp, \
+            h5py.File(temp, "w") as h5file:
         yield h5file
     logger.debug("wrote %s", path)
 
@@ -179,9 +180,12 @@ def write_results(path: PathLike, *, rid: int, start_time: float, run_time: floa
                   expid: Mapping[str, Any], datasets: Mapping[str, Any],
                   archive: Mapping[str, Any], metadata: Metadata, version: str,
                   outcome: str | None = None,
-                  archive_metadata: Metadata | None = None) -> None:
+                  archive_metadata: Metadata | None = None,
+                  sync_directory: bool = True) -> None:
     """Write a run's results file (layout in the module doc); missing directories are
-    created.  ``run_time=None`` (``run()`` never started) is stored as NaN."""
+    created.  ``run_time=None`` (``run()`` never started) is stored as NaN.
+    ``sync_directory=False``: the caller flushes the directory entry to disk itself
+    (:func:`artiq_bus.files.fsync_path`), once for several files."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fields: list[tuple[str, Any]] = [
         ("artiq_version", str(version)),
@@ -192,7 +196,7 @@ def write_results(path: PathLike, *, rid: int, start_time: float, run_time: floa
     ]
     if outcome is not None:
         fields.append(("outcome", str(outcome)))
-    with _atomic_h5(path) as h5file:
+    with _atomic_h5(path, sync_directory) as h5file:
         _write_groups(h5file, datasets, archive, metadata, archive_metadata)
         _write_root(h5file, fields)
 

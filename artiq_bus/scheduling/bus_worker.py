@@ -69,7 +69,8 @@ class BusWorkerHandle:
         # the device database comes along with the build request: the worker need not
         # ask for it while it imports the experiment
         acquired = self._client.request("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S)
-        fetching = asyncio.ensure_future(self._device_db())
+        fetching = self._client.request("devices", "get_device_db")
+        fetching.add_done_callback(_retrieve)
         try:
             worker = await asyncio.shield(acquired)
         except asyncio.CancelledError:
@@ -78,7 +79,7 @@ class BusWorkerHandle:
             fetching.cancel()
             raise
         self._service, self._pid = worker["service"], worker["pid"]
-        device_db = await fetching
+        device_db = await self._device_db(fetching)
         logger.debug("scheduler: RID %d runs in worker %d", rid, self._pid)
         build = self._send("build", rid, pipeline_name, wd, expid, priority, device_db,
                            timeout_s=BUILD_TIMEOUT_S)
@@ -90,11 +91,12 @@ class BusWorkerHandle:
         class_name = await self._outcome("build", build, BUILD_TIMEOUT_S)
         return class_name if isinstance(class_name, str) else None
 
-    async def _device_db(self) -> dict[str, Any] | None:
+    @staticmethod
+    async def _device_db(fetching: "asyncio.Future[Any]") -> dict[str, Any] | None:
         """The master's device database; None (the worker then asks, and says what
         is wrong) if it cannot be had."""
         try:
-            device_db: dict[str, Any] = await self._client.call("devices", "get_device_db")
+            device_db: dict[str, Any] = await fetching
         except BusError:
             return None
         return device_db
@@ -205,7 +207,8 @@ class BusWorkerHandle:
 
 
 def _retrieve(reply: "asyncio.Future[Any]") -> None:
-    """A reply nobody may await (the pipelined prepare after a failed build): its
-    error is read here, so asyncio does not report it as never retrieved."""
+    """A reply nobody may await (the pipelined prepare after a failed build, the device
+    database of a run deleted meanwhile): its error is read here, so asyncio does not
+    report it as never retrieved."""
     if not reply.cancelled():
         reply.exception()

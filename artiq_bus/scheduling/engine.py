@@ -38,7 +38,7 @@ from .rid import RIDCounter
 from .runs import (INTERRUPTED, Run, check_submission, describe, failure_outcome,
                    needs_results)
 from .status import ACTIVE, QUEUED, RunStatus, Stage
-from .tasks import TaskSet
+from .tasks import TaskSet, either
 from .worker import WorkerFactory, WorkerHandle
 
 __all__ = ["Scheduler", "ScheduleStruct", "ResultsWriter"]
@@ -199,10 +199,9 @@ class Scheduler:
         if pipeline is None:
             pipeline = self._pipelines[run.pipeline] = Pipeline(run.pipeline, self)
             pipeline.start()
-        pipeline.runs[run.rid] = run
         self._schedule.setitem(run.rid, run.entry())
         self._file.changed(run.rid)
-        pipeline.changed.notify()
+        pipeline.add(run)
 
     def _log_submission(self, run: Run) -> None:
         if self._log_submissions is None:
@@ -231,7 +230,7 @@ class Scheduler:
         if run.status in (RunStatus.running, RunStatus.paused):
             logger.info("RID %d: termination requested", rid)
             run.termination_requested = True
-            self._pipelines[run.pipeline].changed.notify()
+            self._pipelines[run.pipeline].poke()
         else:
             self._delete(run, "termination requested")
 
@@ -245,8 +244,8 @@ class Scheduler:
             return False
         if run.termination_requested:
             return True
-        return any(other.status is RunStatus.prepare_done and other.key > run.key
-                   for other in self._pipelines[run.pipeline].runs.values())
+        return any(other.key > run.key for other in
+                   self._pipelines[run.pipeline].with_status(RunStatus.prepare_done))
 
     def check_termination(self, rid: int) -> bool:
         """Whether termination of the run was requested (False for unknown RIDs)."""
@@ -283,10 +282,10 @@ class Scheduler:
     def set_status(self, run: Run, status: RunStatus) -> None:
         if run.status is RunStatus.deleting:
             return  # deletion is final: nothing more is published
-        run.status = status
+        old, run.status = run.status, status
         self._schedule.update(updates.setitem([run.rid], "status", status.name))
         self._file.changed(run.rid)
-        self._pipelines[run.pipeline].changed.notify()
+        self._pipelines[run.pipeline].moved(run, old)
 
     def built(self, run: Run, class_name: str | None) -> None:
         run.class_name = class_name
@@ -301,11 +300,9 @@ class Scheduler:
 
     async def call(self, run: Run, step: Awaitable[T]) -> T:
         task = asyncio.ensure_future(step)
-        deleted = asyncio.ensure_future(run.deleted.wait())
         try:
-            await asyncio.wait({task, deleted}, return_when=asyncio.FIRST_COMPLETED)
+            await either(task, run.deleted)
         finally:
-            deleted.cancel()
             if not task.done():
                 task.cancel()
                 self._abandoned.adopt(task)
@@ -355,8 +352,7 @@ class Scheduler:
         del self._runs[run.rid]
         await self._release(run)
         pipeline = self._pipelines[run.pipeline]
-        del pipeline.runs[run.rid]
-        pipeline.changed.notify()
+        pipeline.remove(run)
         if not pipeline.runs:
             del self._pipelines[run.pipeline]
             await pipeline.stop()

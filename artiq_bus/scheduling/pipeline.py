@@ -9,8 +9,12 @@
   on the stack, and the choice is made again at once.
 * analyze: the most important ``run_done`` run; the run is then deleted.
 
-A stage waits on the pipeline's :class:`~.tasks.Signal` (notified on every submission,
-status change and deletion), with a timer for the next due date: no polling.  What a
+Each stage waits on a :class:`~.tasks.Signal` of its own, with a timer for the next due
+date: no polling.  The engine tells the pipeline of every submission and status
+change, and the pipeline wakes only the stages that may find work after it (prepare:
+a run queued, a prepared one gone, a deletion, for ``flush``; run: a run prepared;
+analyze: a run done): a burst of runs costs no futile wake-ups.  Runs are indexed by
+status: a stage looks at the runs of the statuses it takes, not at every run.  What a
 stage does to a run (status, worker calls, failures, deletion) goes through the
 :class:`StageHost`, the engine.
 """
@@ -63,7 +67,8 @@ class Pipeline:
     def __init__(self, name: str, host: StageHost):
         self.name = name
         self.runs: dict[int, Run] = {}
-        self.changed = Signal()
+        self._by_status: dict[RunStatus, dict[int, Run]] = {status: {} for status in RunStatus}
+        self._wake = {stage: Signal() for stage in Stage}
         self._host = host
         self._stack: list[Run] = []  # paused runs, the most recently paused on top
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,23 +94,55 @@ class Pipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _next(self, pick: Pick[T]) -> T:
+    # -- what the engine tells ---------------------------------------------------------
+
+    def add(self, run: Run) -> None:
+        """A run submitted (or restored): queued."""
+        self.runs[run.rid] = run
+        self._by_status[run.status][run.rid] = run
+        self._wake[Stage.prepare].notify()
+
+    def moved(self, run: Run, old: RunStatus) -> None:
+        """``run``'s status changed from ``old``: wake the stages it may concern."""
+        del self._by_status[old][run.rid]
+        self._by_status[run.status][run.rid] = run
+        new = run.status
+        if old is RunStatus.prepare_done or new is RunStatus.deleting:
+            self._wake[Stage.prepare].notify()  # the bar lowered; a flush may be done
+        if new is RunStatus.prepare_done:
+            self._wake[Stage.run].notify()  # (it never waits while runs are paused)
+        if new is RunStatus.run_done:
+            self._wake[Stage.analyze].notify()
+
+    def remove(self, run: Run) -> None:
+        """A deleted run is gone."""
+        del self.runs[run.rid]
+        del self._by_status[run.status][run.rid]
+
+    def poke(self) -> None:
+        """Wake every stage (for a change the rules above do not cover)."""
+        for signal in self._wake.values():
+            signal.notify()
+
+    def with_status(self, status: RunStatus) -> list[Run]:
+        """This pipeline's runs in ``status``."""
+        return list(self._by_status[status].values())
+
+    async def _next(self, stage: Stage, pick: Pick[T]) -> T:
         """The first thing ``pick(now)`` returns, waking on changes and due dates."""
         while True:
             found, wake_at = pick(time.time())
             if found is not None:
                 return found
-            await self.changed.wait(wake_at)
+            await self._wake[stage].wait(wake_at)
 
-    def _with(self, status: RunStatus) -> list[Run]:
-        return [run for run in self.runs.values() if run.status is status]
 
     # -- prepare ----------------------------------------------------------------------
 
     def _to_prepare(self, now: float) -> tuple[Run | None, float | None]:
         """The run to prepare now, or None and the due date to wake at."""
-        bar = max((run.key for run in self._with(RunStatus.prepare_done)), default=None)
-        candidates = [run for run in self._with(RunStatus.pending)
+        bar = max((run.key for run in self.with_status(RunStatus.prepare_done)), default=None)
+        candidates = [run for run in self.with_status(RunStatus.pending)
                       if bar is None or run.key > bar]
         due = [run for run in candidates if (run.due_date or 0) < now]
         if due:
@@ -114,7 +151,7 @@ class Pipeline:
 
     async def _prepare_loop(self) -> None:
         while True:
-            await self._prepare(await self._next(self._to_prepare))
+            await self._prepare(await self._next(Stage.prepare, self._to_prepare))
 
     def _flushed(self, run: Run) -> bool:
         return all(other is run or other.status in (RunStatus.pending, RunStatus.deleting)
@@ -125,7 +162,7 @@ class Pipeline:
             if run.flush:
                 self._host.set_status(run, RunStatus.flushing)
                 while not self._flushed(run):
-                    await self.changed.wait()
+                    await self._wake[Stage.prepare].wait()
                     if run.deleted.is_set():
                         return
             run.start_time = time.time()
@@ -146,7 +183,7 @@ class Pipeline:
     def _to_run(self, now: float) -> tuple[tuple[Run, bool] | None, None]:
         """(run, whether it is resumed) to run now, or None."""
         self._stack = [run for run in self._stack if not run.deleted.is_set()]
-        prepared = self._with(RunStatus.prepare_done)
+        prepared = self.with_status(RunStatus.prepare_done)
         best = max(prepared, key=lambda run: run.key) if prepared else None
         if self._stack and (best is None or best.key <= self._stack[-1].key):
             return (self._stack.pop(), True), None
@@ -154,7 +191,7 @@ class Pipeline:
 
     async def _run_loop(self) -> None:
         while True:
-            run, resumed = await self._next(self._to_run)
+            run, resumed = await self._next(Stage.run, self._to_run)
             await self._run(run, resumed)
 
     async def _run(self, run: Run, resumed: bool) -> None:
@@ -184,12 +221,12 @@ class Pipeline:
     # -- analyze ----------------------------------------------------------------------
 
     def _to_analyze(self, now: float) -> tuple[Run | None, None]:
-        done = self._with(RunStatus.run_done)
+        done = self.with_status(RunStatus.run_done)
         return (max(done, key=lambda run: run.key) if done else None), None
 
     async def _analyze_loop(self) -> None:
         while True:
-            await self._analyze(await self._next(self._to_analyze))
+            await self._analyze(await self._next(Stage.analyze, self._to_analyze))
 
     async def _analyze(self, run: Run) -> None:
         worker = run.worker

@@ -4,13 +4,13 @@ outcome text of a results file the engine writes for it."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 from typing import Any
 
 from .errors import WorkerCrashed, WorkerError, WorkerTimeout
 from .status import RunStatus, Stage
+from .tasks import Flag
 from .worker import WorkerHandle
 
 __all__ = ["Run", "RunKey", "RECORD_FIELDS", "check_submission", "INTERRUPTED", "describe",
@@ -47,7 +47,7 @@ class Run:
     #: The experiment class's name once built (names a results file the engine writes).
     class_name: str | None = None
     #: Set when deletion starts: every stage call on this run is abandoned.
-    deleted: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    deleted: Flag = dataclasses.field(default_factory=Flag)
 
     @property
     def key(self) -> RunKey:

@@ -44,6 +44,7 @@ Changes = dict[int, dict[str, Any] | None]
 #: Fields of a record that never change during a run's life (encoded once per run).
 _FIXED = ("pipeline", "expid", "priority", "due_date", "flush", "repo_msg")
 _CHANGING = ("status", "start_time", "run_time", "class_name")
+_JSON = json.JSONEncoder(separators=(",", ":"))  # PYON's own settings
 _QUEUED_NAMES = frozenset(status.name for status in QUEUED)
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (rid INTEGER PRIMARY KEY, record TEXT NOT NULL)",
@@ -124,11 +125,12 @@ class ScheduleWriter:
             self._connection = None
 
     def _encode(self, rid: int, record: dict[str, Any]) -> str:
-        """PYON of ``record``, its fixed fields encoded at the run's first commit."""
+        """PYON of ``record``, its fixed fields encoded at the run's first commit (the
+        others are strings, numbers and None: plain JSON)."""
         fixed = self._fixed.get(rid)
         if fixed is None:
             fixed = self._fixed[rid] = pyon.encode({k: record[k] for k in _FIXED})[:-1]
-        changing = json.dumps({k: record[k] for k in _CHANGING}, separators=(",", ":"))
+        changing = _JSON.encode({k: record[k] for k in _CHANGING})
         return f"{fixed},{changing[1:]}"
 
     def _must_sync(self, changes: Changes) -> bool:

@@ -1,14 +1,15 @@
-"""Small asyncio building blocks of the engine: a broadcast wake-up and owned tasks."""
+"""Small asyncio building blocks of the engine: a broadcast wake-up, a flag set once,
+waiting for a future or a flag, and owned tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Signal", "TaskSet"]
+__all__ = ["Signal", "Flag", "either", "TaskSet"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,52 @@ class Signal:
                 await event.wait()
         except TimeoutError:
             pass
+
+
+class Flag:
+    """Set once, never cleared; tells callbacks when it is set.  Waiting for it beside
+    a future (:func:`either`) takes one future, where an ``asyncio.Event`` takes a
+    task: the engine does that for every worker call."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+
+async def either(future: asyncio.Future[Any], flag: Flag) -> None:
+    """Until ``future`` is done or ``flag`` is set, whichever comes first."""
+    if future.done() or flag.is_set():
+        return
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+    future.add_done_callback(wake)
+    flag.add_callback(wake)
+    try:
+        await waiter
+    finally:
+        future.remove_done_callback(wake)
+        flag.remove_callback(wake)
 
 
 class TaskSet:

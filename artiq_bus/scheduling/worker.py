@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import PauseNotAllowed, RunDeleted
+from .tasks import Flag, either
 
 __all__ = ["WorkerHandle", "WorkerFactory", "PauseGate"]
 
@@ -96,9 +97,9 @@ class PauseGate:
     """Merges a worker's pause requests into the result of its run stage."""
 
     def __init__(self) -> None:
-        self._arrived = asyncio.Event()
         self._answer: asyncio.Future[bool] | None = None
         self._closed = False
+        self._arrivals: list[Flag] = []  # set by the next request: stage() waits
 
     @property
     def waiting(self) -> bool:
@@ -114,24 +115,24 @@ class PauseGate:
             raise PauseNotAllowed("a pause request of this run is already waiting")
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._answer = answer
-        self._arrived.set()
+        for arrival in self._arrivals:
+            arrival.set()
         try:
             return await answer
         finally:
             if self._answer is answer:  # withdrawn by the requester
                 self._answer = None
-                self._arrived.clear()
 
     async def stage(self, stage_end: asyncio.Future[Any]) -> bool:
         """True once ``stage_end`` is done (its exception raised), False as soon as a
         pause request is waiting.  ``stage_end`` is left running either way."""
-        if not stage_end.done() and not self._arrived.is_set():
-            arrived = asyncio.ensure_future(self._arrived.wait())
+        if not stage_end.done() and self._answer is None:
+            arrival = Flag()
+            self._arrivals.append(arrival)
             try:
-                await asyncio.wait({stage_end, arrived},
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await either(stage_end, arrival)
             finally:
-                arrived.cancel()
+                self._arrivals.remove(arrival)
         if stage_end.done():
             stage_end.result()
             return True
@@ -140,7 +141,6 @@ class PauseGate:
     def answer(self, termination_requested: bool) -> None:
         """Resume: the waiting pause request (if any) returns ``termination_requested``."""
         answer, self._answer = self._answer, None
-        self._arrived.clear()
         if answer is not None and not answer.done():
             answer.set_result(termination_requested)
 
@@ -150,6 +150,5 @@ class PauseGate:
         ARTIQ's (its worker is terminated while it waits)."""
         self._closed = True
         answer, self._answer = self._answer, None
-        self._arrived.clear()
         if answer is not None and not answer.done():
             answer.set_exception(RunDeleted("the run is being deleted"))

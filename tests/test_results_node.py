@@ -5,6 +5,7 @@ refused; a dead node costs no results file (workers write their own until it is 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -23,6 +24,7 @@ from helpers.runs import (
     write_experiment,
 )
 
+from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.sync import Client
 from artiq_bus.protocol import RemoteError
 from artiq_bus.worker.results import write_results
@@ -173,3 +175,26 @@ def test_a_killed_node_loses_no_results_file(master: Master, tmp_path: Path) -> 
         watch.wait_gone(rid)
     assert node_status(master)["written"] == again["written"] + 1
     assert read_results(results_file(tmp_path, rid))["rid"] == rid
+
+
+def test_many_requests_at_once_are_all_written(master: Master, tmp_path: Path) -> None:
+    """Requests arriving while a file is written form batches; each one is answered
+    with its own path, and every file is complete."""
+    before = node_status(master)["written"]
+    start = time.time()
+
+    async def write_all() -> list[str]:
+        async with AsyncClient(master.address) as client:
+            return list(await asyncio.gather(*(client.call(
+                "results", "write", rid=rid, start_time=start, class_name="Many",
+                run_time=start, expid={"file": "many.py"}, datasets={"x": np.arange(rid)},
+                archive={}, metadata={}, outcome="completed", timeout_s=30.0)
+                for rid in range(40))))
+    paths = asyncio.run(write_all())
+    assert [Path(path).name for path in paths] == [f"{rid:09}-Many.h5" for rid in range(40)]
+    for rid, path in enumerate(paths):
+        fields = read_results(Path(path))
+        assert fields["rid"] == rid
+        assert fields["datasets"]["x"][0].tolist() == list(range(rid))
+    assert node_status(master)["written"] == before + 40
+    assert not list(tmp_path.rglob("*.tmp"))

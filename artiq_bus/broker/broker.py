@@ -41,6 +41,12 @@ _BROKER_METHODS = frozenset({"ping", "info", "services"})
 #: byte, and a topic of a few hundred kB overflows a thread's stack (a segfault).
 MAX_SUBSCRIPTION_BYTES = 8192
 
+# Frames the hot path sends, looked up once: an enum member's ``.value`` costs a
+# descriptor call, several per message.
+_REQ, _REP, _MSG = Command.REQUEST.value, Command.REPLY.value, Command.MESSAGE.value
+_ACK, _HB, _BYE = Command.ACK.value, Command.HEARTBEAT.value, Command.BYE.value
+_OK, _ERROR = Status.OK.value, Status.ERROR.value
+
 
 @dataclasses.dataclass
 class BrokerConfig:
@@ -227,17 +233,18 @@ class Broker:
 
     def _reply_error(self, caller: bytes, request_id: bytes, exc: Exception) -> None:
         body, _ = pack(error_to_wire(exc, with_traceback=False))
-        self._send([caller, VERSION, Command.REPLY.value, request_id, Status.ERROR.value, body])
+        self._send([caller, VERSION, _REP, request_id, _ERROR, body])
 
     def _reply_ok(self, caller: bytes, request_id: bytes, result: Any) -> None:
         body, buffers = pack(result)
-        self._send([caller, VERSION, Command.REPLY.value, request_id, Status.OK.value, body,
+        self._send([caller, VERSION, _REP, request_id, _OK, body,
                     *buffers])
 
     def _on_request(self, caller: bytes, rest: Sequence[Any]) -> None:
         if len(rest) < 5:
             raise ProtocolError("REQ needs request_id service method timeout body")
-        request_id, service, method, timeout = (_small(f) for f in rest[:4])
+        request_id, service, method = _small(rest[0]), _small(rest[1]), _small(rest[2])
+        timeout = _small(rest[3])
         if not 0 < len(request_id) <= MAX_REQUEST_ID_BYTES:
             raise ProtocolError("request id must be 1 to 64 bytes")
         service_name = check_name(service, "service")
@@ -264,7 +271,7 @@ class Broker:
         key = (caller, request_id)
         # In flight before it is sent: a local service may answer within the send.
         self.registry.add_request(key, entry, time.monotonic() + seconds)
-        error = self._send([entry.identity, VERSION, Command.REQUEST.value, caller,
+        error = self._send([entry.identity, VERSION, _REQ, caller,
                             request_id, *rest[2:]])
         if not error:
             return
@@ -289,7 +296,7 @@ class Broker:
             logger.debug("broker: one-way message to unknown %s.%s dropped",
                          service_name, method_name)
             return
-        if self._send([entry.identity, VERSION, Command.MESSAGE.value, caller, *rest[1:]]):
+        if self._send([entry.identity, VERSION, _MSG, caller, *rest[1:]]):
             logger.warning("broker: one-way message to %r dropped (queue full or gone)",
                            service_name)
 
@@ -298,7 +305,7 @@ class Broker:
             raise ProtocolError("REP needs caller request_id status body")
         caller, request_id = _small(rest[0]), _small(rest[1])
         if self.registry.complete_request((caller, request_id), service):
-            self._send([caller, VERSION, Command.REPLY.value, *rest[1:]])
+            self._send([caller, VERSION, _REP, *rest[1:]])
         # else: the caller's deadline passed, or the service was replaced: drop it.
 
     def _on_register(self, identity: bytes, rest: Sequence[Any]) -> None:
@@ -326,14 +333,14 @@ class Broker:
                            "the old one is dropped", name)
             # BYE with the name: "taken over, do not register again" (not a plain BYE,
             # which would make the old peer take the service back).
-            self._send([replaced.identity, VERSION, Command.BYE.value, name.encode()])
+            self._send([replaced.identity, VERSION, _BYE, name.encode()])
         self._fail(owed, ServiceDied(f"service {name!r} was replaced"))
-        self._send([identity, VERSION, Command.ACK.value, name.encode()])
+        self._send([identity, VERSION, _ACK, name.encode()])
         logger.info("broker: service %r registered (%d methods)", name, len(methods))
 
     def _on_heartbeat(self, identity: bytes) -> None:
         if self.registry.by_identity(identity) is None:
-            self._send([identity, VERSION, Command.BYE.value])  # register again
+            self._send([identity, VERSION, _BYE])  # register again
 
     def _on_bye(self, identity: bytes) -> None:
         entry = self.registry.by_identity(identity)
@@ -384,7 +391,7 @@ class Broker:
         for entry in self.registry.services():
             if entry.identity in self._local:
                 continue
-            if self._send([entry.identity, VERSION, Command.HEARTBEAT.value]) == zmq.EHOSTUNREACH:
+            if self._send([entry.identity, VERSION, _HB]) == zmq.EHOSTUNREACH:
                 self._service_lost(entry, "its connection is gone")
         expired = self.registry.expired_requests(now)
         self._fail(expired, DeadlineExceeded("the service did not answer in time"))

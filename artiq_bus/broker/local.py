@@ -26,6 +26,8 @@ __all__ = ["LocalClient"]
 
 logger = logging.getLogger(__name__)
 
+_REQ, _MSG, _OK = Command.REQUEST.value, Command.MESSAGE.value, Status.OK.value
+
 
 def _buffer(frame: Any) -> Any:
     """A frame's content without a copy (``bytes`` stay as they are)."""
@@ -81,7 +83,7 @@ class LocalClient:
         self._pending[request_id] = future
         future.add_done_callback(forget)
         try:
-            self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
+            self._send([VERSION, _REQ, request_id, service.encode(),
                         method.encode(), encode_timeout(timeout_s), body, *buffers])
         except BaseException:
             future.cancel()  # the caller gets the exception; forget() still runs
@@ -91,7 +93,7 @@ class LocalClient:
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way message: no reply, no error report."""
         body, buffers = pack([list(args), kwargs])
-        self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(),
+        self._send([VERSION, _MSG, service.encode(), method.encode(),
                     body, *buffers])
 
     def _send(self, frames: list[Any]) -> None:
@@ -126,7 +128,7 @@ class LocalClient:
         except ProtocolError as exc:
             future.set_exception(exc)
             return
-        if _bytes(rest[1]) == Status.OK.value:
+        if _bytes(rest[1]) == _OK:
             future.set_result(value)
         else:
             future.set_exception(error_from_wire(value))

@@ -47,7 +47,7 @@ class LocalClient:
         self._broker = broker
         self._where = broker.inproc.control  # named in deadline errors, as the client's
         self._ids = itertools.count(1)
-        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._pending: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle]] = {}
         self._identity: bytes | None = broker.attach_local(self._receive)
 
     def stop(self) -> None:
@@ -55,7 +55,9 @@ class LocalClient:
         if self._identity is not None:
             self._broker.detach_local(self._identity)
             self._identity = None
-        for future in self._pending.values():
+        pending, self._pending = self._pending, {}
+        for future, timer in pending.values():
+            timer.cancel()
             if not future.done():
                 future.set_exception(Unavailable("client stopped"))
 
@@ -74,19 +76,16 @@ class LocalClient:
         request_id = next(self._ids).to_bytes(8, "big")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        timer = loop.call_later(timeout_s, self._expire, future, service, method, timeout_s)
-
-        def forget(_: asyncio.Future[Any]) -> None:
-            timer.cancel()
-            self._pending.pop(request_id, None)
-
-        self._pending[request_id] = future
-        future.add_done_callback(forget)
+        # Forgotten at its reply or its deadline (a caller that gives up earlier leaves
+        # it until then): no callback per call.
+        timer = loop.call_later(timeout_s, self._expire, request_id, service, method,
+                                timeout_s)
+        self._pending[request_id] = (future, timer)
         try:
             self._send([VERSION, _REQ, request_id, service.encode(),
                         method.encode(), encode_timeout(timeout_s), body, *buffers])
         except BaseException:
-            future.cancel()  # the caller gets the exception; forget() still runs
+            self._forget(request_id)
             raise
         return future
 
@@ -101,9 +100,17 @@ class LocalClient:
             raise Unavailable("client stopped")
         self._broker.receive_local(self._identity, frames)
 
-    def _expire(self, future: asyncio.Future[Any], service: str, method: str,
+    def _forget(self, request_id: bytes) -> asyncio.Future[Any] | None:
+        """The future of a call in flight, no longer in flight (None: none)."""
+        future, timer = self._pending.pop(request_id, (None, None))
+        if timer is not None:
+            timer.cancel()
+        return future
+
+    def _expire(self, request_id: bytes, service: str, method: str,
                 timeout_s: float) -> None:
-        if not future.done():
+        future = self._forget(request_id)
+        if future is not None and not future.done():
             future.set_exception(DeadlineExceeded(
                 f"{service}.{method}: no reply within {timeout_s:g} s from {self._where}"))
 
@@ -120,7 +127,7 @@ class LocalClient:
         command, rest = split_command(frames)
         if command is not Command.REPLY or len(rest) < 3:
             raise ProtocolError(f"unexpected {command.name} from the broker")
-        future = self._pending.get(_bytes(rest[0]))
+        future = self._forget(_bytes(rest[0]))
         if future is None or future.done():
             return  # its caller gave up
         try:

@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,19 +141,13 @@ class ScheduleStore:
     def _put(self, job: Callable[[], None]) -> None:
         if self._thread is None:
             # A daemon: a master that ends without close() has crashed anyway, and a
-            # transaction cut short is rolled back.
-            self._thread = threading.Thread(target=self._serve, name="schedule-store",
-                                            daemon=True)
+            # transaction cut short is rolled back.  The thread holds no reference to
+            # the store: one dropped without close() (a test's crash) ends it.
+            self._thread = threading.Thread(target=_serve, args=(self._jobs,),
+                                            name="schedule-store", daemon=True)
             self._thread.start()
+            weakref.finalize(self, self._jobs.put, None)
         self._jobs.put(job)
-
-    def _serve(self) -> None:
-        """The thread: run jobs in order until told to end."""
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception:  # a bug: the thread must go on committing
-                logger.exception("persisted schedule: %r failed", job)
 
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         """``function(*args)`` run in the thread, after every job before it."""
@@ -199,6 +194,16 @@ class ScheduleStore:
         if final is not None:
             self._writer.commit(dict(final), replace_all=True)
         self._writer.close()
+
+
+def _serve(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+    """The store's thread: run jobs in order until told to end."""
+    while (job := jobs.get()) is not None:
+        try:
+            job()
+        except Exception:  # a bug: the thread must go on committing
+            logger.exception("persisted schedule: %r failed", job)
+        del job  # no reference to the store while waiting
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

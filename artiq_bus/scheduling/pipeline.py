@@ -136,7 +136,6 @@ class Pipeline:
                 return found
             await self._wake[stage].wait(wake_at)
 
-
     # -- prepare ----------------------------------------------------------------------
 
     def _to_prepare(self, now: float) -> tuple[Run | None, float | None]:

@@ -104,7 +104,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_run(
             if line:
                 word, rid = line.split()
                 (acked if word == "acked" else gone).add(int(rid))
-    assert acked == set(range(BURST)) and len(gone) < BURST
+    assert acked and len(gone) < BURST  # killed mid-burst
     caplog.set_level(logging.INFO, logger=LOGGER)
 
     async def restart() -> tuple[set[int], int]:
@@ -120,7 +120,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_run(
     interrupted = set(interrupted_in(caplog))
     assert acked <= restored | interrupted | gone
     assert not restored & (interrupted | gone)
-    assert new == BURST  # no RID reused
+    assert new > max(acked | restored | interrupted | gone)  # no RID reused
 
 
 UNSYNCED_MASTER = textwrap.dedent("""

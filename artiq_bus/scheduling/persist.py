@@ -8,7 +8,8 @@ the runs it touched, so a full queue costs no more per change than an empty one.
 A change hands the run's record to the store's thread (SQLite releases the GIL while
 it works), which commits until nothing is left: changes made while a commit is in
 flight go into the next one.  The loop hears of a commit only when something waits
-for it, and wakes the thread only when it is idle: a hand-over costs a dict store.
+for it, and wakes the thread only when it is idle, on the next loop turn (the changes
+of one turn make one commit): a hand-over costs a dict store.
 After each commit the thread brings the RID counter's own file up to date.
 ``submit()`` awaits the commit of its run before it returns the RID, so a client that
 got a RID can rely on it, and on no later RID being reused: ``last_rid`` is in the
@@ -56,6 +57,7 @@ class ScheduleStore:
         self._handed = 0  # number of changes so far
         self._written = 0  # of those, committed (or failed to be, logged)
         self._draining = False  # the thread commits, or is about to
+        self._waking = False  # a loop turn will wake the thread
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         # The loop's own (the thread reads _frozen):
         self._frozen = False
@@ -90,8 +92,18 @@ class ScheduleStore:
             if rid is not None:
                 self._pending[rid] = record
             self._handed += 1
-            if self._draining:
+            if self._draining or self._waking:
                 return  # the thread takes it with its next commit
+            self._waking = True
+        # On the next loop turn: the changes of this one go into one commit.
+        asyncio.get_running_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        """Have the thread commit, unless it does already or nothing is left."""
+        with self._lock:
+            self._waking = False
+            if self._draining or self._written >= self._handed:
+                return
             self._draining = True
         self._put(self._drain)
 
@@ -121,6 +133,7 @@ class ScheduleStore:
             return
         self._closed = True
         final, self._final = self._final, None
+        self._wake()  # the changes not handed over yet
         # The thread runs its jobs in order: this one comes after every commit.
         await self._in_thread(self._finish, final)
         self._jobs.put(None)  # the thread ends

@@ -5,13 +5,16 @@ must not wake stages for nothing."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
 import pytest
 
 from artiq_bus.protocol import updates
+from artiq_bus.scheduling import RunStatus
 from artiq_bus.scheduling.pipeline import Pipeline
+from artiq_bus.scheduling.runs import Run
 
 from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, run, wait_for,
                                     yielding)
@@ -92,3 +95,42 @@ def test_a_burst_wakes_each_stage_a_bounded_number_of_times_per_run(
     run(main())
     assert time.monotonic() - started < 20.0
     assert all(count <= 3 * runs for count in looks.values()), looks
+
+
+def _scanned(runs: list[Run], now: float) -> tuple[Run | None, float | None]:
+    """The prepare stage's choice by a scan of every run (as it was made before the
+    pipeline kept a queue)."""
+    bar = max((run.key for run in runs if run.status is RunStatus.prepare_done), default=None)
+    candidates = [run for run in runs if run.status is RunStatus.pending
+                  and (bar is None or run.key > bar)]
+    due = [run for run in candidates if (run.due_date or 0) < now]
+    if due:
+        return max(due, key=lambda run: run.key), None
+    return None, min((run.due_date for run in candidates if run.due_date), default=None)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_queue_chooses_as_a_scan_of_every_run(seed: int) -> None:
+    rng = random.Random(seed)
+    now = 1000.0
+    pipeline = Pipeline("main", host=None)  # type: ignore[arg-type]  # never calls it
+    runs = []
+    for rid in range(rng.randrange(1, 40)):
+        later = now + rng.randrange(1, 50)
+        due = rng.choice([None, 0.0, now - 5, later, later])
+        run = Run(rid=rid, pipeline="main", expid={}, priority=rng.randrange(-2, 3),
+                  due_date=due, flush=False)
+        pipeline.add(run)
+        runs.append(run)
+    for _ in range(60):
+        assert pipeline._to_prepare(now) == _scanned(runs, now)
+        pending = [run for run in runs if run.status is RunStatus.pending]
+        others = [run for run in runs if run.status not in (RunStatus.pending,
+                                                              RunStatus.deleting)]
+        if not pending and not others:
+            break
+        run = rng.choice(pending + others)
+        old, run.status = run.status, rng.choice(
+            [RunStatus.prepare_done, RunStatus.running, RunStatus.deleting]
+            if run.status is RunStatus.pending else [RunStatus.deleting])
+        pipeline.moved(run, old)

@@ -22,13 +22,14 @@ stage does to a run (status, worker calls, failures, deletion) goes through the
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from .errors import RunDeleted
-from .runs import Run
+from .runs import Run, RunKey
 from .status import RunStatus, Stage
 from .tasks import Signal
 from .worker import WorkerHandle
@@ -61,6 +62,16 @@ class StageHost(Protocol):
     def stage_failed(self, run: Run, stage: Stage, exc: Exception) -> None: ...
 
 
+def _order(run: Run) -> RunKey:
+    """Ascending in this is descending in importance (reference §3.5)."""
+    priority, due, rid = run.key
+    return (-priority, -due, -rid)
+
+
+def _first(item: tuple[RunKey, Run]) -> RunKey:
+    return item[0]
+
+
 class Pipeline:
     """One pipeline's runs (by RID) and stage tasks."""
 
@@ -68,6 +79,8 @@ class Pipeline:
         self.name = name
         self.runs: dict[int, Run] = {}
         self._by_status: dict[RunStatus, dict[int, Run]] = {status: {} for status in RunStatus}
+        # The pending runs, most important first: (the key negated, the run).
+        self._queue: list[tuple[RunKey, Run]] = []
         self._wake = {stage: Signal() for stage in Stage}
         self._host = host
         self._stack: list[Run] = []  # paused runs, the most recently paused on top
@@ -100,12 +113,16 @@ class Pipeline:
         """A run submitted (or restored): queued."""
         self.runs[run.rid] = run
         self._by_status[run.status][run.rid] = run
+        if run.status is RunStatus.pending:
+            bisect.insort(self._queue, (_order(run), run), key=_first)
         self._wake[Stage.prepare].notify()
 
     def moved(self, run: Run, old: RunStatus) -> None:
         """``run``'s status changed from ``old``: wake the stages it may concern."""
         del self._by_status[old][run.rid]
         self._by_status[run.status][run.rid] = run
+        if old is RunStatus.pending:
+            del self._queue[bisect.bisect_left(self._queue, _order(run), key=_first)]
         new = run.status
         if old is RunStatus.prepare_done or new is RunStatus.deleting:
             self._wake[Stage.prepare].notify()  # the bar lowered; a flush may be done
@@ -139,14 +156,20 @@ class Pipeline:
     # -- prepare ----------------------------------------------------------------------
 
     def _to_prepare(self, now: float) -> tuple[Run | None, float | None]:
-        """The run to prepare now, or None and the due date to wake at."""
+        """The run to prepare now: the most important pending run that is due and takes
+        precedence over every prepared one; or None and the due date to wake at.  Looks
+        at the queue from its head: past the due runs only if their due dates are to
+        come, not at the whole queue."""
         bar = max((run.key for run in self.with_status(RunStatus.prepare_done)), default=None)
-        candidates = [run for run in self.with_status(RunStatus.pending)
-                      if bar is None or run.key > bar]
-        due = [run for run in candidates if (run.due_date or 0) < now]
-        if due:
-            return max(due, key=lambda run: run.key), None
-        return None, min((run.due_date for run in candidates if run.due_date), default=None)
+        wake_at = None
+        for _, run in self._queue:
+            if bar is not None and run.key <= bar:
+                break  # and so are all after it
+            if (run.due_date or 0) < now:
+                return run, None
+            if run.due_date and (wake_at is None or run.due_date < wake_at):
+                wake_at = run.due_date
+        return None, wake_at
 
     async def _prepare_loop(self) -> None:
         while True:

@@ -3,6 +3,10 @@
 Replies are matched to callers by request id.  When the connection to the broker drops,
 every call in flight fails at once with :class:`Unavailable`; ZeroMQ reconnects by
 itself and later calls go through when the broker is back.
+
+``AsyncClient.over(host)`` makes its calls on a started service host's connection
+instead of a socket of its own (docs/protocol.md §3.4): a process with one service (a
+worker) then opens one connection, not two.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import zmq
 
@@ -20,11 +24,30 @@ from ..protocol import (VERSION, Command, DeadlineExceeded, Overloaded, Protocol
                         Unavailable, encode_timeout, error_from_wire, pack, split_command,
                         unpack)
 
-__all__ = ["AsyncClient", "ServiceProxy", "DEFAULT_TIMEOUT_S"]
+__all__ = ["AsyncClient", "ServiceProxy", "Carrier", "DEFAULT_TIMEOUT_S"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
+
+
+class Carrier(Protocol):
+    """A connection a client can call on instead of its own socket: a started
+    :class:`~artiq_bus.runtime.service.ServiceHost`.  It hands the client every ``REP``
+    it receives and tells it when its connection is made or lost."""
+
+    @property
+    def address(self) -> BusAddress: ...
+
+    def attach_caller(self, caller: "AsyncClient") -> None: ...
+
+    def detach_caller(self, caller: "AsyncClient") -> None: ...
+
+    def send_as_caller(self, frames: Sequence[Any]) -> None: ...
+
+
+def _not_started(frames: Sequence[Any]) -> None:
+    raise Unavailable("client not started, or stopped")
 
 
 class AsyncClient:
@@ -34,30 +57,58 @@ class AsyncClient:
                  curve: CurveClient | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.address = address
         self.timeout_s = timeout_s
-        self._context = context or zmq.Context.instance()
+        #: None: the process's shared context, made when first needed (a client
+        #: over a carrier needs none).
+        self._context = context
         self._curve = curve
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[Any]] = {}
         self._sock: zmq.Socket | None = None
         self._reader: SocketReader | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: Where requests go: this client's socket, a carrier's, or nowhere (stopped).
+        self._transmit: Callable[[Sequence[Any]], None] = _not_started
+        self._carrier: Carrier | None = None
         self.connected = asyncio.Event()
+        #: Replies dropped: malformed, or for no call in flight (late, or never made).
+        self.bad_replies = 0
+        self.unmatched_replies = 0
+
+    @classmethod
+    def over(cls, carrier: Carrier, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> "AsyncClient":
+        """A client that calls on ``carrier``'s connection (no socket of its own).
+
+        Calls in flight fail with :class:`Unavailable` when the carrier's connection is
+        lost, ends or is replaced; :meth:`stop` leaves the carrier running.
+        """
+        client = cls(carrier.address, timeout_s=timeout_s)
+        client._carrier = carrier
+        return client
 
     async def start(self) -> None:
-        sock = configure(self._context.socket(zmq.DEALER), sndhwm=100_000, rcvhwm=100_000)
+        if self._carrier is not None:
+            self._carrier.attach_caller(self)
+            self._transmit = self._carrier.send_as_caller
+            return
+        context = self._context or zmq.Context.instance()
+        sock = configure(context.socket(zmq.DEALER), sndhwm=100_000, rcvhwm=100_000)
         if self._curve is not None:
             self._curve.apply(sock)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.address.control)
         self._sock, self._reader = sock, SocketReader(sock, on_message=self._receive)
+        self._transmit = self._send_own
         self._tasks = [asyncio.create_task(watch_connection(monitor, self._on_connection_event),
                                           name="client-monitor")]
 
     async def stop(self) -> None:
+        self._transmit = _not_started
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_all(Unavailable("client stopped"))
+        if self._carrier is not None:
+            self._carrier.detach_caller(self)  # the carrier's connection is not ours
         if self._reader is not None:
             self._reader.close()
         if self._sock is not None:
@@ -151,10 +202,11 @@ class AsyncClient:
         return ServiceProxy(self, service)
 
     def _send(self, frames: Sequence[Any]) -> None:
-        if self._sock is None:
-            raise Unavailable("client not started")
+        self._transmit(frames)
+
+    def _send_own(self, frames: Sequence[Any]) -> None:
         try:
-            send_frames(self._sock, frames)
+            send_frames(self._sock, frames)  # type: ignore[arg-type]
         except zmq.Again:
             raise Overloaded("too many messages queued for the broker") from None
         assert self._reader is not None
@@ -165,20 +217,32 @@ class AsyncClient:
     def _receive(self, frames: list[zmq.Frame]) -> None:
         """Called by the reader for each message from the broker."""
         try:
-            self._on_reply(frames)
+            command, rest = split_command(frames)
         except ProtocolError as exc:
-            logger.warning("client: dropping malformed reply from broker: %s", exc)
+            self._bad_reply(str(exc))
+            return
+        if command is Command.REPLY:
+            self.receive_reply(rest)
+        else:
+            self._bad_reply(f"unexpected {command.name} from the broker")
 
-    def _on_reply(self, frames: list[zmq.Frame]) -> None:
-        command, rest = split_command(frames)
-        if command is not Command.REPLY or len(rest) < 3:
-            raise ProtocolError(f"unexpected {command.name} from the broker")
-        future = self._pending.get(rest[0].bytes)
+    def receive_reply(self, rest: Sequence[Any]) -> None:
+        """A ``REP`` (its frames after the command): settle the call it answers.  From
+        this client's reader, or from the carrier it calls on."""
+        if len(rest) < 3:
+            self._bad_reply(f"REP with {len(rest)} frames")
+            return
+        request_id = _bytes(rest[0])
+        future = self._pending.get(request_id)
         if future is None or future.done():
-            return  # its caller gave up
-        ok = rest[1].bytes == Status.OK.value
+            # Its caller gave up (deadline, connection lost), or never asked.
+            self.unmatched_replies += 1
+            logger.debug("client: reply to no call in flight dropped (id %s)",
+                         request_id[:16].hex())
+            return
+        ok = _bytes(rest[1]) == Status.OK.value
         try:
-            value = unpack(rest[2].buffer, rest[3:])
+            value = unpack(_buffer(rest[2]), rest[3:])
         except ProtocolError as exc:
             future.set_exception(exc)
             return
@@ -187,19 +251,40 @@ class AsyncClient:
         else:
             future.set_exception(error_from_wire(value))
 
+    def _bad_reply(self, why: str) -> None:
+        self.bad_replies += 1
+        logger.warning("client: dropping malformed reply from broker: %s", why)
+
+    def connection_made(self) -> None:
+        """The carrier reached the broker."""
+        self.connected.set()
+
+    def connection_lost(self, error: Exception) -> None:
+        """The connection the calls in flight were sent on is gone: they fail now."""
+        self.connected.clear()
+        self._fail_all(error)
+
     def _on_connection_event(self, event: int) -> None:
         """Fail calls in flight as soon as the connection drops."""
         if event == zmq.EVENT_CONNECTED:
-            self.connected.set()
+            self.connection_made()
         elif event == zmq.EVENT_DISCONNECTED:
-            self.connected.clear()
-            self._fail_all(Unavailable(f"connection to the broker at {self.address.control} "
-                                       "lost"))
+            self.connection_lost(Unavailable(
+                f"connection to the broker at {self.address.control} lost"))
 
     def _fail_all(self, exc: Exception) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(exc)
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def _buffer(frame: Any) -> Any:
+    """A frame's content without a copy (``bytes`` stay as they are)."""
+    return frame if isinstance(frame, bytes) else frame.buffer
 
 
 class ServiceProxy:

@@ -5,6 +5,10 @@ methods (and ``ping``) are declared to the broker and callable from the wire.  M
 may be plain functions (run at once on the loop: keep them quick) or coroutines (run as
 tasks, so many requests are served concurrently).  Arguments arrive as the body
 ``[args, kwargs]``; the return value is the reply; an exception becomes an error reply.
+
+A host's connection may also carry the process's own calls (docs/protocol.md §3.4):
+``AsyncClient.over(host)`` sends on the host's socket and gets its ``REP`` messages
+from it: one connection to set up instead of two, and one order for everything sent.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Any, Protocol, TypeVar
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
-from ..protocol import (VERSION, Command, EncodeError, Liveness, NoSuchMethod, ProtocolError,
-                        Status, check_name, error_to_wire, freeze_buffers, pack,
-                        split_command, unpack)
+from ..protocol import (VERSION, Command, EncodeError, Liveness, NoSuchMethod, Overloaded,
+                        ProtocolError, Status, Unavailable, check_name, error_to_wire,
+                        freeze_buffers, pack, split_command, unpack)
 
 __all__ = ["rpc", "packed_rpc", "decode_arguments", "ServiceHost", "rpc_methods",
-           "LocalBroker"]
+           "LocalBroker", "ReplyReceiver"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,20 @@ class LocalBroker(Protocol):
     def receive_local(self, identity: bytes, frames: Sequence[Any]) -> None: ...
 
 
+class ReplyReceiver(Protocol):
+    """A caller that shares a host's connection (``AsyncClient.over``)."""
+
+    def receive_reply(self, rest: Sequence[Any]) -> None:
+        """A ``REP`` message: its frames after the command."""
+
+    def connection_made(self) -> None:
+        """The host is registered: the broker is reachable on its connection."""
+
+    def connection_lost(self, error: Exception) -> None:
+        """The host's connection is gone (lost, ended or stopped): no reply will come
+        for what was sent on it."""
+
+
 def decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
     """``(args, kwargs)`` from a request body and its out-of-band frames."""
     arguments = unpack(body, buffers)
@@ -137,6 +155,12 @@ class ServiceHost:
         #: without ``reconnect``.
         self.ended = asyncio.Event()
         self._local_identity = b""
+        #: The caller sharing this connection, if any.
+        self._caller: ReplyReceiver | None = None
+
+    @property
+    def address(self) -> BusAddress:
+        return self._address
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"service-{self.name}")
@@ -152,6 +176,33 @@ class ServiceHost:
         if self._local is not None and self._local_identity:
             self._local.detach_local(self._local_identity)
             self._local_identity = b""
+            self._connection_lost()
+
+    # -- a caller sharing the connection ------------------------------------------------
+
+    def attach_caller(self, caller: ReplyReceiver) -> None:
+        """Hand ``REP`` messages on this connection to ``caller`` (one at most)."""
+        if self._caller is not None and self._caller is not caller:
+            raise RuntimeError(f"service {self.name}: a caller is already attached")
+        self._caller = caller
+        if self.registered.is_set():
+            caller.connection_made()
+
+    def detach_caller(self, caller: ReplyReceiver) -> None:
+        if self._caller is caller:
+            self._caller = None
+
+    def send_as_caller(self, frames: Sequence[Any]) -> None:
+        """Send a caller's ``REQ`` or ``MSG`` on this connection.  Raises
+        :class:`Unavailable` without one (not yet connected: the host connects on the
+        loop's next turn after :meth:`start`; ended, stopped, or dropped after the
+        broker's ``BYE``), :class:`Overloaded` when its queue is full."""
+        if (self._bye is None or self._bye.done()
+                or (self._sock is None and not self._local_identity)):
+            raise Unavailable(f"service {self.name}: no connection to the broker")
+        self._send(frames, caller=True)
+        if self._reader is not None:
+            self._reader.after_send()
 
     # -- connection -------------------------------------------------------------------
 
@@ -173,13 +224,21 @@ class ServiceHost:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        """Replies to what the caller sent on the closed connection will never come."""
+        if self._caller is not None:
+            self._caller.connection_lost(Unavailable(
+                f"service {self.name}: connection to the broker at "
+                f"{self._address.control} closed"))
 
     def _register(self) -> None:
         body, _ = pack({"methods": sorted(self._methods), "liveness": self._liveness_by.value})
         self._send([VERSION, Command.REGISTER.value, self.name.encode(), body])
         self._last_heard = time.monotonic()
 
-    def _send(self, frames: Sequence[Any]) -> None:
+    def _send(self, frames: Sequence[Any], *, caller: bool = False) -> None:
         if self._local_identity:
             assert self._local is not None
             self._local.receive_local(self._local_identity, frames)
@@ -187,6 +246,8 @@ class ServiceHost:
         try:
             send_frames(self._sock, frames)  # type: ignore[arg-type]
         except zmq.Again:
+            if caller:  # the caller's call fails; what the host sends is only dropped
+                raise Overloaded("too many messages queued for the broker") from None
             logger.warning("service %s: broker queue full, message dropped", self.name)
 
     async def _run(self) -> None:
@@ -223,6 +284,7 @@ class ServiceHost:
         if await self._bye:
             logger.warning("service %s: another peer took this service over; "
                            "no longer serving it", self.name)
+        self._connection_lost()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -278,8 +340,12 @@ class ServiceHost:
             self._dispatch(method, rest[4], rest[5:], (caller, request_id))
         elif command is Command.MESSAGE and len(rest) >= 3:
             self._dispatch(_as_bytes(rest[1]), rest[2], rest[3:], None)
+        elif command is Command.REPLY and self._caller is not None:
+            self._caller.receive_reply(rest)
         elif command is Command.ACK:
             self.registered.set()
+            if self._caller is not None:
+                self._caller.connection_made()
             if self._lost_at is not None:
                 logger.info("service %s: registered again after %.1f s without a broker",
                             self.name, time.monotonic() - self._lost_at)

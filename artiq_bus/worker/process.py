@@ -7,6 +7,11 @@ heartbeats go on while the experiment computes.  Calls from the experiment to th
 master's services (scheduler, datasets, devices) cross from the main thread into the bus
 thread and wait there for the reply.
 
+The worker has one connection to the broker: its service's, which also carries its
+calls and one-way messages (so they leave in the order the experiment made them, and
+before the reply of the stage that made them).  Its publication socket is opened only
+if the experiment publishes (``ccb``).
+
 Everything the process writes on file descriptors 1 and 2 (``print``, C libraries,
 tracebacks) becomes log records of source ``worker(RID,FILE)``.
 """
@@ -70,9 +75,22 @@ class WorkerBus:
                    timeout_s: float | None = None,
                    **kwargs: Any) -> "concurrent.futures.Future[Any]":
         """A call whose reply the caller collects later (``.result()``): work can go on
-        meanwhile."""
-        coroutine = self.bus.client.call(service, method, *args, timeout_s=timeout_s, **kwargs)
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        meanwhile.  It leaves in its place among the one-way messages sent around it
+        (sent by a plain callback, as :meth:`send` is, not by a task a turn later)."""
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def request() -> None:
+            if not result.set_running_or_notify_cancel():
+                return  # cancelled before it left
+            try:
+                reply = self.bus.client.request(service, method, *args, timeout_s=timeout_s,
+                                                **kwargs)
+            except Exception as exc:
+                result.set_exception(exc)
+                return
+            reply.add_done_callback(lambda done: _pass_on(done, result))
+        self.loop.call_soon_threadsafe(request)
+        return result
 
     def send(self, service: str, method: str, *args: Any, **kwargs: Any) -> None:
         """A one-way message; messages keep their order."""
@@ -218,14 +236,14 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
         context = zmq.Context()
         curve = CurveClient.from_wire(config["curve"]) if config.get("curve") else None
         bus = BusConnection(context, BusAddress(**config["broker"]), curve)
+        # An experiment may hold the GIL for minutes (a long C call): this thread's
+        # heartbeats then stop, but the process is alive and its connection too.
+        host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)),
+                           reconnect=False, liveness_by=Liveness.CONNECTION)
         try:
-            await bus.start()
-            handler = BusLogHandler(bus.client, "worker")
-            # An experiment may hold the GIL for minutes (a long C call): this thread's
-            # heartbeats then stop, but the process is alive and its connection too.
-            host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)),
-                               reconnect=False, liveness_by=Liveness.CONNECTION)
             await host.start()
+            await bus.start(sharing=host)  # calls on the host's connection: one for all
+            handler = BusLogHandler(bus.client, "worker")
             async with asyncio.timeout(10.0):
                 await host.registered.wait()
             bus.client.send("workers", "ready", config["service"], os.getpid())
@@ -240,12 +258,13 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
                 worker_bus.output.drain()
             # Within main()'s 5 s wait for this thread: the last records go out first.
             await handler.drained(timeout_s=3.0)
-            await host.stop()
+            await bus.publisher.drained(timeout_s=1.0)
         except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)
             raise
         finally:
+            await host.stop()
             await bus.stop()
             context.destroy(linger=0)
     asyncio.run(serve())
@@ -298,6 +317,16 @@ def user_traceback(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+
+
+def _pass_on(reply: "asyncio.Future[Any]", result: "concurrent.futures.Future[Any]") -> None:
+    """A reply's outcome, on to the thread that waits for it."""
+    if reply.cancelled():
+        result.set_exception(concurrent.futures.CancelledError())
+    elif (error := reply.exception()) is not None:
+        result.set_exception(error)
+    else:
+        result.set_result(reply.result())
 
 
 def _settle(future: "asyncio.Future[Any]", error: BaseException | None, result: Any) -> None:

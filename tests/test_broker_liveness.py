@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgpack
-import pytest
 import zmq
 
 from artiq_bus.broker import Broker, BrokerConfig
@@ -21,13 +20,6 @@ from artiq_bus.client import AsyncClient
 CONFIG = BrokerConfig(heartbeat_interval_s=0.1, liveness=4)
 SILENCE_S = 1.5
 GONE_S = 1.0
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 @asynccontextmanager

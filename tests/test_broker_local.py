@@ -5,7 +5,7 @@ process and to services behind a socket."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -54,13 +54,6 @@ class Echo:
     @rpc
     def note(self, value: Any) -> None:
         self.received.append(value)
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 @asynccontextmanager

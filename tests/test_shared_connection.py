@@ -13,7 +13,7 @@ import collections
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -95,13 +95,6 @@ def tcp_config(control_port: int = 0) -> BrokerConfig:
                         notify_endpoints=["tcp://127.0.0.1:0"],
                         publish_endpoints=["tcp://127.0.0.1:0"],
                         heartbeat_interval_s=HEARTBEAT_S)
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 class TcpBroker:

@@ -166,8 +166,7 @@ class ServiceHost:
         self._task = asyncio.create_task(self._run(), name=f"service-{self.name}")
 
     async def stop(self) -> None:
-        if self._sock is not None or self._local_identity:
-            self._send([VERSION, Command.BYE.value])
+        self.leave()
         tasks = [t for t in (self._task, *self._handlers) if t is not None]
         for task in tasks:
             task.cancel()
@@ -177,6 +176,12 @@ class ServiceHost:
             self._local.detach_local(self._local_identity)
             self._local_identity = b""
             self._connection_lost()
+
+    def leave(self) -> None:
+        """Say ``BYE`` (this service stops) and nothing more: :meth:`stop` also tears
+        the connection down; a process about to exit leaves that to the kernel."""
+        if self._sock is not None or self._local_identity:
+            self._send([VERSION, Command.BYE.value])
 
     # -- a caller sharing the connection ------------------------------------------------
 

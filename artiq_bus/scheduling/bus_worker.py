@@ -3,7 +3,8 @@
 The worker pool (service ``workers``) hands out a ready worker, a service
 ``worker.<id>``; the handle calls its stages.  A worker that dies shows as
 ``ServiceDied`` on the stage call; the pool then says how it died.  ``close()``
-escalates: a ``terminate`` request, then SIGTERM, then SIGKILL, each step timed.
+escalates: a ``terminate`` request (not after ``analyze``, the last stage, after which
+the worker exits by itself), then SIGTERM, then SIGKILL, each step timed.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class BusWorkerHandle:
         self._watchdogs: dict[int, asyncio.TimerHandle] = {}
         self._watchdog_expired = False
         self._prepare_reply: asyncio.Future[Any] | None = None
+        self._ends_itself = False  # no terminate needed: the worker exits on its own
 
     async def build(self, rid: int, pipeline_name: str, wd: str | None,
                     expid: dict[str, Any], priority: int) -> str | None:
@@ -120,6 +122,7 @@ class BusWorkerHandle:
         return await self._gate.stage(self._run_stage)
 
     async def analyze(self) -> None:
+        self._ends_itself = True  # analyze is a worker's last stage: it then exits
         await self._stage("analyze")
 
     async def request_pause(self) -> bool:
@@ -154,7 +157,8 @@ class BusWorkerHandle:
         if self._service is None or self._pid is None or self.exit_description is not None:
             return  # no worker yet, or it is already gone
         try:
-            self._client.send(self._service, "terminate")
+            if not self._ends_itself:
+                self._client.send(self._service, "terminate")
             for signum in (None, signal.SIGTERM, signal.SIGKILL):
                 if signum is not None:
                     logger.warning("scheduler: worker of RID %d does not stop (%s), "

@@ -47,16 +47,20 @@ DRAIN_BUDGET_S = 0.02
 
 
 def configure(sock: zmq.Socket, *, sndhwm: int | None = None, rcvhwm: int | None = None) -> zmq.Socket:
-    """Linger 0, IPv6, heartbeats, the message size cap and optional high-water marks."""
-    sock.linger = 0
-    sock.ipv6 = True
-    sock.setsockopt(zmq.HEARTBEAT_IVL, TCP_HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TCP_HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    """Linger 0, IPv6, heartbeats, the message size cap and optional high-water marks.
+
+    (``setsockopt``, not pyzmq's attribute names: a fresh worker pays for every line of
+    Python it runs for the first time.)"""
+    set_option = sock.setsockopt
+    set_option(zmq.LINGER, 0)
+    set_option(zmq.IPV6, 1)
+    set_option(zmq.HEARTBEAT_IVL, TCP_HEARTBEAT_IVL_MS)
+    set_option(zmq.HEARTBEAT_TIMEOUT, TCP_HEARTBEAT_TIMEOUT_MS)
+    set_option(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     if sndhwm is not None:
-        sock.sndhwm = sndhwm
+        set_option(zmq.SNDHWM, sndhwm)
     if rcvhwm is not None:
-        sock.rcvhwm = rcvhwm
+        set_option(zmq.RCVHWM, rcvhwm)
     return sock
 
 

@@ -118,12 +118,6 @@ class ExperimentRunner:
             raise NotBuilt("prepare() asked, but build() failed")
         self._experiment.prepare()
 
-    def running(self) -> None:
-        """``run()`` is about to start (from the bus thread): the worker pool may now
-        start this worker's replacement without slowing the hand-over."""
-        assert self._bus is not None
-        self._bus.bus.client.send("workers", "running", os.getpid())
-
     def run(self) -> None:
         self._run_time = time.time()
         try:

@@ -130,7 +130,6 @@ class _StageService:
 
     @rpc
     def run(self) -> "asyncio.Future[None]":
-        self._runner.running()
         return self._in_main_thread("run", self._runner.run)
 
     @rpc

@@ -28,7 +28,8 @@ from artiq_bus.broker.broker import Broker, BrokerConfig
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.sync import Client
 from artiq_bus.net import BusAddress
-from artiq_bus.runtime.service import ServiceHost, rpc, rpc_methods
+from artiq_bus.runtime.service import ServiceHost
+from artiq_bus.runtime.rpc import rpc, rpc_methods
 
 WARMUP = size(500, 20)
 CALLS = size(3000, 60)

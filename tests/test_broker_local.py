@@ -17,7 +17,8 @@ from artiq_bus.broker import Broker, BrokerConfig
 from artiq_bus.broker.local import LocalClient
 from artiq_bus.protocol import (DeadlineExceeded, NoSuchMethod, NoSuchService, RemoteError,
                                 ServiceDied, Unavailable)
-from artiq_bus.runtime.service import ServiceHost, rpc, rpc_methods
+from artiq_bus.runtime.service import ServiceHost
+from artiq_bus.runtime.rpc import rpc, rpc_methods
 
 CONFIG = BrokerConfig(heartbeat_interval_s=0.1, liveness=4)
 

@@ -29,7 +29,8 @@ from artiq_bus.net import BusAddress, SocketReader
 from artiq_bus.protocol import (VERSION, Liveness, ProtocolError, Unavailable, encode_timeout,
                                 stream_topic)
 from artiq_bus.runtime.bus import BusConnection
-from artiq_bus.runtime.service import ServiceHost, rpc, rpc_methods
+from artiq_bus.runtime.service import ServiceHost
+from artiq_bus.runtime.rpc import rpc, rpc_methods
 from artiq_bus.runtime.structs import LazyPublisher
 
 from conftest import Master, free_port

@@ -24,7 +24,8 @@ from typing import Any
 from ..client.replica import Replica
 from ..client.subscriber import Subscriber
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from .controller import ControllerSpec, ManagedController, make_spec
 
 __all__ = ["ControllerManager", "ctlmgr_service"]

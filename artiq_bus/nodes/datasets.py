@@ -46,7 +46,8 @@ import numpy as np
 from ..protocol import EncodeError, ProtocolError, pack
 from ..protocol import updates as mods
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, decode_arguments, packed_rpc, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import decode_arguments, packed_rpc, rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..storage import DatasetStore, GroupCommitter, StorageError
 from ..storage.dataset_db import Frozen, freeze

@@ -12,7 +12,8 @@ import logging
 from typing import Any
 
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..worker.devices import DeviceDB
 from .errors import NodeConfigError

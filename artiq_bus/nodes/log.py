@@ -25,7 +25,8 @@ from typing import Any
 from ..protocol import VERSION, pack, stream_topic
 from ..runtime.bus import BusConnection
 from ..runtime.logs import LOG_SERVICE
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 
 __all__ = ["LogNode", "CONSOLE_FORMAT", "FILE_FORMAT"]
 

@@ -6,7 +6,8 @@ import asyncio
 import logging
 
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 
 __all__ = ["ManagementNode", "MANAGEMENT_SERVICE"]
 

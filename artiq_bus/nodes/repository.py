@@ -27,7 +27,8 @@ from ..repository.backends import Backend, FilesystemBackend, GitBackend
 from ..repository.core import Repository, list_directory
 from ..repository.examiners import EXAMINE_TIMEOUT_S, Examiners
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 
 __all__ = ["RepositoryNode", "RepositoryClient", "REPOSITORY_SERVICE"]

@@ -40,7 +40,8 @@ from ..net import BusAddress, CurveClient
 from ..protocol import Liveness
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from ..worker.results import results_path, write_results
 
 __all__ = ["ResultsNode", "RESULTS_SERVICE", "main"]

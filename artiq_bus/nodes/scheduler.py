@@ -22,7 +22,8 @@ from .. import __version__
 from ..broker import Broker
 from ..broker.local import LocalClient
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from ..runtime.structs import StructOwner, struct_methods
 from ..scheduling import RIDCounter, Scheduler
 from ..scheduling.bus_worker import BusCaller, BusWorkerHandle

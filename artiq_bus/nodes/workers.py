@@ -35,7 +35,8 @@ from typing import Any
 
 from ..net import BusAddress, CurveClient
 from ..runtime.bus import BusConnection
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from ..worker.zygote import ChildRole
 
 __all__ = ["WorkerPool", "WORKERS_SERVICE", "describe_status"]

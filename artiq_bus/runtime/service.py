@@ -1,9 +1,9 @@
 """Serving a service: register with the broker, answer its requests, stay registered.
 
-A service is any object whose public methods are marked with :func:`rpc`.  Only those
-methods (and ``ping``) are declared to the broker and callable from the wire.  Methods
-may be plain functions (run at once on the loop: keep them quick) or coroutines (run as
-tasks, so many requests are served concurrently).  Arguments arrive as the body
+A service is any object whose public methods are marked with :func:`~.rpc.rpc`.  Only
+those methods (and ``ping``) are declared to the broker and callable from the wire.
+Methods may be plain functions (run at once on the loop: keep them quick) or coroutines
+(run as tasks, so many requests are served concurrently).  Arguments arrive as the body
 ``[args, kwargs]``; the return value is the reply; an exception becomes an error reply.
 
 A host's connection may also carry the process's own calls (docs/protocol.md §3.4):
@@ -19,51 +19,22 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
 from ..protocol import (VERSION, Command, EncodeError, Liveness, NoSuchMethod, Overloaded,
                         ProtocolError, Status, Unavailable, check_name, error_to_wire,
-                        freeze_buffers, pack, split_command, unpack)
+                        freeze_buffers, pack, split_command)
+from .rpc import decode_arguments
 
-__all__ = ["rpc", "packed_rpc", "decode_arguments", "ServiceHost", "rpc_methods",
-           "LocalBroker", "ReplyReceiver"]
+__all__ = ["ServiceHost", "LocalBroker", "ReplyReceiver"]
 
 logger = logging.getLogger(__name__)
 
 #: At most one log line per this many seconds for failing one-way messages.
 _FAILURE_LOG_INTERVAL_S = 1.0
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def rpc(function: F) -> F:
-    """Declare a method callable from the bus."""
-    function.__artiq_bus_rpc__ = True  # type: ignore[attr-defined]
-    return function
-
-
-def packed_rpc(function: F) -> F:
-    """Declare a method callable from the bus that takes the request undecoded:
-    ``method(body, buffers)``, the ``[args, kwargs]`` body (a buffer) and its
-    out-of-band frames.  For hot paths that can forward what they receive instead of
-    decoding and packing it again (:func:`decode_arguments` decodes it the usual way)."""
-    function.__artiq_bus_packed__ = True  # type: ignore[attr-defined]
-    return rpc(function)
-
-
-def rpc_methods(target: object) -> dict[str, Callable[..., Any]]:
-    """The methods of ``target`` marked with :func:`rpc`, by name."""
-    methods = {}
-    for name in dir(type(target)):
-        if name.startswith("_"):
-            continue
-        if getattr(getattr(type(target), name, None), "__artiq_bus_rpc__", False):
-            methods[name] = getattr(target, name)
-    return methods
-
 
 def _ping() -> bool:
     return True
@@ -100,16 +71,6 @@ class ReplyReceiver(Protocol):
     def connection_lost(self, error: Exception) -> None:
         """The host's connection is gone (lost, ended or stopped): no reply will come
         for what was sent on it."""
-
-
-def decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """``(args, kwargs)`` from a request body and its out-of-band frames."""
-    arguments = unpack(body, buffers)
-    if (not isinstance(arguments, list) or len(arguments) != 2
-            or not isinstance(arguments[0], list) or not isinstance(arguments[1], dict)
-            or not all(isinstance(k, str) for k in arguments[1])):
-        raise ProtocolError("request body must be [args, kwargs]")
-    return arguments[0], arguments[1]
 
 
 class ServiceHost:

@@ -35,7 +35,8 @@ from ..net import BusAddress, CurveClient
 from ..protocol import Liveness
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
-from ..runtime.service import ServiceHost, rpc, rpc_methods
+from ..runtime.service import ServiceHost
+from ..runtime.rpc import rpc, rpc_methods
 from .errors import NotBuilt, RunDeletedWhilePaused
 
 __all__ = ["main", "WorkerBus"]

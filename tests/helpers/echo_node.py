@@ -39,7 +39,8 @@ import zmq
 
 from artiq_bus.net import BusAddress
 from artiq_bus.protocol import updates
-from artiq_bus.runtime.service import ServiceHost, rpc, rpc_methods
+from artiq_bus.runtime.service import ServiceHost
+from artiq_bus.runtime.rpc import rpc, rpc_methods
 from artiq_bus.runtime.structs import Publisher, StructOwner, struct_methods
 
 #: Root keys of the random updates: plain keys and keys in (nested) dotted folders.

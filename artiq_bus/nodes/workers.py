@@ -104,6 +104,7 @@ class WorkerPool:
         self._host = bus.service(WORKERS_SERVICE, rpc_methods(self))
         await self._host.start()
         await self._host.registered.wait()
+        self._command({"warm_up": self._bus_config()})  # before the first fork
         self._spawn_results()
         self._top_up()
 

@@ -39,7 +39,7 @@ from ..runtime.service import ServiceHost
 from ..runtime.rpc import rpc, rpc_methods
 from .errors import NotBuilt, RunDeletedWhilePaused
 
-__all__ = ["main", "WorkerBus"]
+__all__ = ["main", "WorkerBus", "worker_connection", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ class _StageService:
         self._jobs.put(None)
 
 
+#: How long a new worker may take to register with the broker.
+_REGISTER_TIMEOUT_S = 10.0
 #: How long the last message (``BYE``) may take to leave when the worker exits.
 _BYE_LINGER_MS = 500
 
@@ -236,22 +238,37 @@ class _OutputCapture:
                 self._partial[fd] += chunk
 
 
+def worker_connection(context: zmq.Context, config: dict[str, Any], service: str,
+                      methods: dict[str, Callable[..., Any]]) -> tuple[BusConnection,
+                                                                       ServiceHost]:
+    """A worker's connection to the broker of ``config`` and its service host (not
+    started).  An experiment may hold the GIL for minutes (a long C call): the host's
+    heartbeats then stop, but the process is alive and its connection too, so the
+    broker judges it by the connection."""
+    curve = CurveClient.from_wire(config["curve"]) if config.get("curve") else None
+    bus = BusConnection(context, BusAddress(**config["broker"]), curve)
+    host = bus.service(service, methods, reconnect=False, liveness_by=Liveness.CONNECTION)
+    return bus, host
+
+
+async def register(bus: BusConnection, host: ServiceHost, timeout_s: float) -> None:
+    """Start ``host`` and ``bus`` (its calls on the host's connection: one connection for
+    all) and wait until the broker has registered the service."""
+    await host.start()
+    await bus.start(sharing=host)
+    async with asyncio.timeout(timeout_s):
+        await host.registered.wait()
+
+
 def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, Any],
              jobs: "queue.SimpleQueue[Job | None]", runner: Any) -> None:
     async def serve() -> None:
         context = zmq.Context()
-        curve = CurveClient.from_wire(config["curve"]) if config.get("curve") else None
-        bus = BusConnection(context, BusAddress(**config["broker"]), curve)
-        # An experiment may hold the GIL for minutes (a long C call): this thread's
-        # heartbeats then stop, but the process is alive and its connection too.
-        host = bus.service(config["service"], rpc_methods(_StageService(jobs, runner)),
-                           reconnect=False, liveness_by=Liveness.CONNECTION)
+        bus, host = worker_connection(context, config, config["service"],
+                                      rpc_methods(_StageService(jobs, runner)))
         try:
-            await host.start()
-            await bus.start(sharing=host)  # calls on the host's connection: one for all
+            await register(bus, host, _REGISTER_TIMEOUT_S)
             handler = BusLogHandler(bus.client, "worker")
-            async with asyncio.timeout(10.0):
-                await host.registered.wait()
             bus.client.send("workers", "ready", config["service"], os.getpid())
             worker_bus = WorkerBus(asyncio.get_running_loop(), bus, handler)
             ready.set_result(worker_bus)

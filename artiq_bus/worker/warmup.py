@@ -7,21 +7,42 @@ most of its time copying the pages it touches (on a virtual machine, a page faul
 microseconds).  Touching them before the run arrives takes that copying off the
 hand-over; the real build then finds them copied.  The rehearsal's experiment is
 compiled from source as a real one is, and built through the same managers.
+
+The zygote rehearses too, before its first fork (:func:`warm_up`): builds, and rounds of
+what a worker does on the bus (connect, register, call, leave) with a service of its
+own.  Python 3.11 rewrites a function's bytecode the first times it runs (quickening,
+then specialisation) and fills caches as it goes; done once in the zygote, none of it
+is done, and none of those pages copied, in each worker.  The zygote ends each round
+with its ZeroMQ context destroyed and its thread joined: it forks holding neither.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 import types
+from typing import Any
 
+import zmq
+
+from ..runtime.logs import BusLogHandler
+from ..runtime.rpc import rpc, rpc_methods
 from .arguments import ProcessArgumentManager
 from .datasets import DatasetManager, LocalDatasetBackend
 from .devices import DeviceDB, DeviceManager
 from .tools import get_experiment
 
-__all__ = ["rehearse_build"]
+__all__ = ["rehearse_build", "warm_up", "ZYGOTE_ROUNDS"]
 
 logger = logging.getLogger(__name__)
+
+#: The zygote's rehearsal rounds: enough for the worker's code to be specialised
+#: (CPython 3.11 specialises an instruction after it has run a few dozen times).
+ZYGOTE_ROUNDS = 20
+#: Bound on each step of a bus round (the broker is local and already listening).
+_BUS_STEP_S = 2.0
 
 _SOURCE = '''\
 from artiq.experiment import *
@@ -53,3 +74,56 @@ def rehearse_build() -> None:
         arguments.check_unprocessed_arguments()
     except Exception as exc:  # noqa: BLE001 (a rehearsal must never cost the run)
         logger.debug("build rehearsal failed: %s", exc)
+
+
+def warm_up(bus_config: dict[str, Any] | None, rounds: int = ZYGOTE_ROUNDS) -> None:
+    """The zygote's rehearsal (see the module doc): ``rounds`` builds and, with the
+    broker of ``bus_config``, as many bus rounds.  Never raises; a failed bus round
+    (no broker) ends the bus rounds, logged at DEBUG."""
+    for _ in range(rounds):
+        rehearse_build()
+        if bus_config is not None and not _rehearse_bus(bus_config):
+            bus_config = None
+
+
+class _Echo:
+    @rpc
+    async def echo(self, value: Any) -> Any:
+        await asyncio.sleep(0)  # answered by a task, as a worker's stages are
+        return value
+
+
+def _rehearse_bus(config: dict[str, Any]) -> bool:
+    """One bus round in a thread of its own, as a worker's bus side runs; whether it
+    went through."""
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(_bus_round(config))),
+                              name="rehearsal-bus")
+    thread.start()
+    thread.join()  # every step inside is bounded
+    return outcome == [True]
+
+
+async def _bus_round(config: dict[str, Any]) -> bool:
+    from .process import register, worker_connection  # imports this module
+
+    context = zmq.Context()
+    name = f"rehearsal.{os.getpid()}"
+    bus, host = worker_connection(context, config, name, rpc_methods(_Echo()))
+    try:
+        await register(bus, host, _BUS_STEP_S)
+        try:
+            handler = BusLogHandler(bus.client, "rehearsal")
+            for value in ("a", 1, {"b": [1.5]}):
+                await bus.client.call(name, "echo", value, timeout_s=_BUS_STEP_S)
+            bus.client.send(name, "ping")
+            await handler.drained(timeout_s=_BUS_STEP_S)
+        finally:
+            await bus.stop()
+        return True
+    except Exception as exc:  # noqa: BLE001 (a rehearsal must never stop the zygote)
+        logger.debug("bus rehearsal failed: %s: %s", type(exc).__name__, exc)
+        return False
+    finally:
+        await host.stop()
+        context.destroy(linger=0)

@@ -3,10 +3,12 @@ one child per worker on request, so that a new worker costs a fork, not an inter
 start and 0.7 s of imports.
 
 It holds no ZeroMQ context (a forked context is unusable), no threads and no event
-loop; each child makes its own.  A CONFIG with ``"role": "results"`` starts the results
+loop when it forks; each child makes its own.  (Its rehearsal, ``warm_up``, makes and
+destroys its own first: see :mod:`.warmup`.)  A CONFIG with ``"role": "results"`` starts the results
 node instead (:mod:`artiq_bus.nodes.results`): a long-lived child that writes results
 files.  Protocol on stdin/stdout, one JSON object per line:
 
+    → {"warm_up": BUS_CONFIG}               rehearse a worker's work (worker.warmup.warm_up)
     → {"spawn": CONFIG}                     fork a worker running worker.process.main(CONFIG)
     ← {"spawned": PID, "role": ROLE}        (ROLE: CONFIG's "role", default "worker")
     → {"signal": [PID, SIGNUM]}             signal a child (ignored if it is gone)
@@ -89,6 +91,8 @@ class Zygote:
     def _command(self, command: dict[str, Any]) -> None:
         if "spawn" in command:
             self._spawn(command["spawn"])
+        elif "warm_up" in command:
+            warmup.warm_up(command["warm_up"])
         elif "signal" in command:
             pid, signum = command["signal"]
             if pid in self._children:

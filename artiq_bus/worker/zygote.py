@@ -93,6 +93,7 @@ class Zygote:
             self._spawn(command["spawn"])
         elif "warm_up" in command:
             warmup.warm_up(command["warm_up"])
+            gc.collect()  # the rehearsal's garbage: the collector is off in the zygote
         elif "signal" in command:
             pid, signum = command["signal"]
             if pid in self._children:

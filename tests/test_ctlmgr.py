@@ -71,6 +71,21 @@ def test_controller_that_stops_answering_is_restarted(tmp_path: Path) -> None:
         wait_dead({first}, 5.0)
 
 
+def test_controller_slower_to_listen_than_ping_timeout_is_given_time(tmp_path: Path) -> None:
+    """A new process gets ``ping_timer`` more to start listening, as in ARTIQ (whose
+    first ping comes after ``ping_timer``): a loaded machine may take longer than a
+    short ``ping_timeout`` to start an interpreter."""
+    port = free_port()
+    entry = dummy_entry(port, ping_timer=2.0, ping_timeout=0.5)
+    entry["command"] += " --listen-after 1.0"
+    write_device_db(tmp_path, {"dummy": entry})
+    with killable_master(tmp_path) as master, ctlmgr(master, tmp_path) as manager:
+        pid = manager.wait_answering("dummy")
+        assert controllers(master)["dummy"]["starts"] == 1
+    assert "ping failed" not in manager.output()
+    assert not alive(pid)
+
+
 def test_removed_or_changed_entries_are_stopped(tmp_path: Path) -> None:
     port, other_port = free_port(), free_port()
     write_device_db(tmp_path, {"dummy": dummy_entry(port), "second": dummy_entry(other_port)})

@@ -2,7 +2,8 @@
 
 A :class:`ManagedController` runs its entry's command (no shell), turns what the
 process prints into log records of source ``controller(NAME)``, pings it (at once
-after a start, then every ``ping_timer`` s) and starts it again after ``retry_timer``
+after a start, giving it ``ping_timer`` + ``ping_timeout`` s to start answering, then
+every ``ping_timer`` s) and starts it again after ``retry_timer``
 s, times ``retry_timer_backoff`` per failure, when it exits or stops answering; a
 successful ping resets the delay.  Stopping it escalates ``terminate()`` → SIGTERM →
 SIGKILL, ``term_timeout`` s apart.  The per-entry options and their defaults are
@@ -232,13 +233,18 @@ class ManagedController:
 
     async def _ping(self, first: bool) -> bool:
         """Ping the first target (at once for a new process, which may still be
-        starting; else after ``ping_timer``); whether it answered truthfully."""
+        starting; else after ``ping_timer``); whether it answered truthfully.  A new
+        process gets ``ping_timer`` more to start listening (ARTIQ's first ping comes
+        only then): on a loaded machine an interpreter start alone can outlast a short
+        ``ping_timeout``."""
         options, name = self.spec.options, self.spec.name
         if not first:
             await asyncio.sleep(options["ping_timer"])  # the ping period
+        timeout_s = options["ping_timeout"] + (options["ping_timer"] if first else 0.0)
         try:
-            async with asyncio.timeout(options["ping_timeout"]):
-                ok = await self._call_first_target("ping", retry_refused=first)
+            async with asyncio.timeout(timeout_s):
+                ok = await self._call_first_target("ping", connect_timeout_s=timeout_s,
+                                                   retry_refused=first)
         except Exception as exc:  # whatever the reason, it did not answer
             logger.warning("controller %s: ping failed: %s", name, exc or type(exc).__name__)
             return False
@@ -251,11 +257,13 @@ class ManagedController:
         self._delay = options["retry_timer"]
         return True
 
-    async def _call_first_target(self, method: str, retry_refused: bool = False) -> Any:
+    async def _call_first_target(self, method: str, *, connect_timeout_s: float | None = None,
+                                 retry_refused: bool = False) -> Any:
+        if connect_timeout_s is None:
+            connect_timeout_s = self.spec.options["ping_timeout"]
         client = AsyncioClient()
         await client.connect_rpc(self.spec.host, self.spec.port, None,
-                                 connect_timeout=self.spec.options["ping_timeout"],
-                                 retry_refused=retry_refused)
+                                 connect_timeout=connect_timeout_s, retry_refused=retry_refused)
         try:
             targets, _ = client.get_rpc_id()
             await client.select_rpc_target(targets[0])

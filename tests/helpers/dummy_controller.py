@@ -97,8 +97,11 @@ def main() -> None:
     parser.add_argument("--name", default="dummy")
     parser.add_argument("--ping-false", action="store_true")
     parser.add_argument("--simple", action="store_true")
+    parser.add_argument("--listen-after", type=float, default=0.0,
+                        help="seconds to wait before listening (a slow start)")
     args = parser.parse_args()
     common_args.init_logger_from_args(args)
+    time.sleep(args.listen_after)
     targets = {args.name: FalsePing() if args.ping_false else Dummy()}
     hosts = common_args.bind_address_from_args(args)
     if args.simple:

@@ -4,9 +4,9 @@ start and 0.7 s of imports.
 
 It holds no ZeroMQ context (a forked context is unusable), no threads and no event
 loop when it forks; each child makes its own.  (Its rehearsal, ``warm_up``, makes and
-destroys its own first: see :mod:`.warmup`.)  A CONFIG with ``"role": "results"`` starts the results
-node instead (:mod:`artiq_bus.nodes.results`): a long-lived child that writes results
-files.  Protocol on stdin/stdout, one JSON object per line:
+destroys its own first: see :mod:`.warmup`.)  A CONFIG with ``"role": "results"``
+starts the results node instead (:mod:`artiq_bus.nodes.results`): a long-lived child
+that writes results files.  Protocol on stdin/stdout, one JSON object per line:
 
     → {"warm_up": BUS_CONFIG}               rehearse a worker's work (worker.warmup.warm_up)
     → {"spawn": CONFIG}                     fork a worker running worker.process.main(CONFIG)

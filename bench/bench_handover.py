@@ -8,15 +8,18 @@ the thing itself.
 Latency: ``time.time()`` in ``run()`` minus ``time.time()`` just before the
 connected client's ``submit`` call (one machine, one clock), one run at a time: the
 next is submitted when the one before has left the schedule (worker closed, results
-file written), as a user submits to an idle master.  Throughput: ``BURST`` runs submitted at once
-(all calls in flight, as several clients would), from the first submit until a replica
-of the ``schedule`` is empty again: every run completed, results file written, worker
-gone.
+file written), as a user submits to an idle master.  Throughput: ``BURST`` runs
+submitted at once (all calls in flight, as several clients would), from the first submit
+until a replica of the ``schedule`` is empty again: every run completed, results file
+written, worker gone.  The figure is the median of ``BURSTS`` such bursts, one after the
+other (each is listed in the report's info): one burst's figure alone swings by a tenth
+from one run of the benchmark to the next on these virtual machines.
 
 The raw limit beside them is a bare fork of an imported process (this one, with numpy,
 h5py and pyzmq loaded): ``os.fork()`` of a child that exits at once, and the parent's
-``waitpid`` (a run needs at least one).  The targets (DESIGN §9) are absolute: latency ≤ 10 ms median, ≥ 50 runs/s; ARTIQ takes 665 ms and
-does 1.8 runs/s on this kind of machine.
+``waitpid`` (a run needs at least one).  The targets (DESIGN §9) are absolute: latency
+≤ 10 ms median, ≥ 50 runs/s; ARTIQ takes 665 ms and does 1.8 runs/s on this kind of
+machine.
 
 Run: ``python bench/bench_handover.py``.
 """
@@ -43,6 +46,7 @@ from artiq_bus.net import BusAddress
 WARMUP_RUNS = size(5, 1)
 LATENCY_RUNS = size(60, 3)
 BURST = size(100, 5)
+BURSTS = size(3, 1)
 FORKS = size(300, 10)
 TIMEOUT_S = 20.0
 
@@ -157,12 +161,13 @@ async def burst_s(session: Session, expid: dict[str, object]) -> float:
 
 
 async def measure(address: BusAddress, expid: dict[str, object],
-                  stages: Stages) -> tuple[list[float], float]:
+                  stages: Stages) -> tuple[list[float], list[float]]:
+    """The latencies (s) and each burst's rate (runs/s)."""
     async with Session(address) as session:
         latencies = await latencies_s(session, expid, stages)
         # not reporting stages: a Unix datagram socket queues only ~10 messages
         silent = {**expid, "arguments": {"sock": ""}}
-        return latencies, BURST / await burst_s(session, silent)
+        return latencies, [BURST / await burst_s(session, silent) for _ in range(BURSTS)]
 
 
 def bare_fork_s() -> list[float]:
@@ -186,7 +191,7 @@ def body(report: Report) -> None:
         expid = {"log_level": 30, "class_name": "Empty", "file": str(master.experiment),
                  "arguments": {"sock": str(stages.path)}}
         try:
-            latencies, rate = asyncio.run(measure(master.address, expid, stages))
+            latencies, rates = asyncio.run(measure(master.address, expid, stages))
         finally:
             master.stop()
             stages.close()
@@ -196,11 +201,12 @@ def body(report: Report) -> None:
     report.info.update({"latency_runs": LATENCY_RUNS, "burst": BURST,
                         "latency_p90_ms": round(percentile(latencies, 90) * 1e3, 2),
                         "latency_max_ms": round(max(latencies) * 1e3, 2),
-                        "bare_fork_median_ms": round(fork_median * 1e3, 3)})
+                        "bare_fork_median_ms": round(fork_median * 1e3, 3),
+                        "burst_runs_per_s": [round(rate, 1) for rate in rates]})
     report.add("submit → run() median", "ms", statistics.median(latencies) * 1e3,
                fork_median * 1e3, 10.0, higher_is_better=False, absolute=True)
-    report.add(f"{BURST} empty runs submitted at once", "runs/s", rate, 1 / fork_median,
-               50.0, higher_is_better=True, absolute=True)
+    report.add(f"{BURST} empty runs submitted at once", "runs/s", statistics.median(rates),
+               1 / fork_median, 50.0, higher_is_better=True, absolute=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import zmq
 from ..client.aio import AsyncClient
 from ..net import BusAddress, CurveClient
 from ..protocol import Liveness
-from .service import LocalBroker, ServiceHost
+from .rpc import LocalBroker
+from .service import ServiceHost
 from .structs import LazyPublisher, Publisher
 
 __all__ = ["BusConnection", "BusNode"]

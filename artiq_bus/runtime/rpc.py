@@ -1,17 +1,19 @@
-"""Marking the methods a service serves, and decoding their arguments.
-
-:class:`~.service.ServiceHost` declares to the broker, and calls, only the methods of a
-service object marked with :func:`rpc` (or :func:`packed_rpc`).
+"""What a service host agrees on with its service and its peers: the methods it serves
+(marked with :func:`rpc` or :func:`packed_rpc`; :class:`~.service.ServiceHost` declares
+to the broker, and calls, only those), how their arguments are decoded, and the
+interfaces of a broker in the same process and of a caller sharing the host's
+connection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..protocol import ProtocolError, unpack
 
-__all__ = ["rpc", "packed_rpc", "rpc_methods", "decode_arguments"]
+__all__ = ["rpc", "packed_rpc", "rpc_methods", "decode_arguments", "LocalBroker",
+           "ReplyReceiver"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,3 +52,27 @@ def decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict
             or not all(isinstance(k, str) for k in arguments[1])):
         raise ProtocolError("request body must be [args, kwargs]")
     return arguments[0], arguments[1]
+
+
+class LocalBroker(Protocol):
+    """A broker in this process (see ``Broker.attach_local``)."""
+
+    def attach_local(self, deliver: Callable[[list[Any]], None]) -> bytes: ...
+
+    def detach_local(self, identity: bytes) -> None: ...
+
+    def receive_local(self, identity: bytes, frames: Sequence[Any]) -> None: ...
+
+
+class ReplyReceiver(Protocol):
+    """A caller that shares a host's connection (``AsyncClient.over``)."""
+
+    def receive_reply(self, rest: Sequence[Any]) -> None:
+        """A ``REP`` message: its frames after the command."""
+
+    def connection_made(self) -> None:
+        """The host is registered: the broker is reachable on its connection."""
+
+    def connection_lost(self, error: Exception) -> None:
+        """The host's connection is gone (lost, ended or stopped): no reply will come
+        for what was sent on it."""

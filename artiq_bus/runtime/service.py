@@ -14,12 +14,13 @@ from it: one connection to set up instead of two, and one order for everything s
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 
@@ -27,9 +28,9 @@ from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
 from ..protocol import (VERSION, Command, EncodeError, Liveness, NoSuchMethod, Overloaded,
                         ProtocolError, Status, Unavailable, check_name, error_to_wire,
                         freeze_buffers, pack, split_command)
-from .rpc import decode_arguments
+from .rpc import LocalBroker, ReplyReceiver, decode_arguments
 
-__all__ = ["ServiceHost", "LocalBroker", "ReplyReceiver"]
+__all__ = ["ServiceHost"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,30 +48,6 @@ def _as_bytes(frame: Any) -> bytes:
 def _buffer(frame: Any) -> Any:
     """A frame's content without a copy (``bytes`` stay as they are)."""
     return frame if isinstance(frame, bytes) else frame.buffer
-
-
-class LocalBroker(Protocol):
-    """A broker in this process (see ``Broker.attach_local``)."""
-
-    def attach_local(self, deliver: Callable[[list[Any]], None]) -> bytes: ...
-
-    def detach_local(self, identity: bytes) -> None: ...
-
-    def receive_local(self, identity: bytes, frames: Sequence[Any]) -> None: ...
-
-
-class ReplyReceiver(Protocol):
-    """A caller that shares a host's connection (``AsyncClient.over``)."""
-
-    def receive_reply(self, rest: Sequence[Any]) -> None:
-        """A ``REP`` message: its frames after the command."""
-
-    def connection_made(self) -> None:
-        """The host is registered: the broker is reachable on its connection."""
-
-    def connection_lost(self, error: Exception) -> None:
-        """The host's connection is gone (lost, ended or stopped): no reply will come
-        for what was sent on it."""
 
 
 class ServiceHost:
@@ -95,7 +72,8 @@ class ServiceHost:
         self._sock: zmq.Socket | None = None
         self._reader: SocketReader | None = None
         self._task: asyncio.Task[None] | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        #: Requests being answered: tasks awaiting coroutines, or methods' futures.
+        self._handlers: set[asyncio.Future[Any]] = set()
         #: Done when the broker said BYE on this connection: True if taken over.
         self._bye: asyncio.Future[bool] | None = None
         self._last_heard = 0.0
@@ -339,12 +317,29 @@ class ServiceHost:
         except Exception as exc:
             self._finish(reply_to, exc, None)
             return
-        if inspect.isawaitable(result):
+        if isinstance(result, asyncio.Future):  # answered from its callback: no task
+            self._handlers.add(result)
+            result.add_done_callback(functools.partial(self._settled, reply_to))
+        elif inspect.isawaitable(result):
             task = asyncio.ensure_future(self._await(result, reply_to))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
         else:
             self._finish(reply_to, None, result)
+
+    def _settled(self, reply_to: tuple[bytes, bytes] | None,
+                 future: "asyncio.Future[Any]") -> None:
+        """A method's future is done: its reply, as :meth:`_await` gives a coroutine's
+        (none when cancelled: the host is stopping)."""
+        self._handlers.discard(future)
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None and not isinstance(error, Exception):
+            raise error  # as a task would: to the loop's exception handler
+        self._finish(reply_to, error, None if error is not None else future.result())
+        if self._reader is not None:
+            self._reader.after_send()
 
     async def _await(self, awaitable: Any, reply_to: tuple[bytes, bytes] | None) -> None:
         try:

@@ -4,7 +4,7 @@ a few milliseconds, and reports how workers ended.
 Workers are forked by the zygote (:mod:`artiq_bus.worker.zygote`), a child process that
 has imported everything once.  Each spare connects to the broker, registers a service
 ``worker.<id>`` and tells the pool it is ready; ``acquire`` hands one out.  Its
-replacement is forked once the hand-over is over — when the scheduler says it is
+replacement is forked once the hand-over is over — when the worker says it is
 ``running`` (its ``run()`` starts) or it ends — because starting a worker costs
 milliseconds of CPU that would otherwise slow the very hand-over it prepares for.  An
 ``acquire`` that finds no spare ready gets a worker forked for it at once (unless one
@@ -15,9 +15,8 @@ sees its stdin close and kills every worker: no orphans.
 The zygote also forks the results node (:mod:`artiq_bus.nodes.results`), which writes
 the workers' results files; the pool starts it again, after a pause, when it dies.
 
-Service ``workers``: ``acquire()``, ``ready(service, pid)`` (one-way, from workers),
-``running(pid)`` (one-way, from the scheduler), ``signal(pid, signum)``,
-``exit_status(pid, timeout_s)``.
+Service ``workers``: ``acquire()``, ``ready(service, pid)`` and ``running(pid)`` (one-way,
+from workers), ``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
 """
 
 from __future__ import annotations
@@ -224,7 +223,7 @@ class WorkerPool:
 
     @rpc
     def running(self, pid: int) -> None:
-        """Worker ``pid`` was told to start ``run()`` (one-way, from the scheduler)."""
+        """Worker ``pid`` starts ``run()`` (one-way, from the worker)."""
         self._handed_over(pid)
 
     @rpc

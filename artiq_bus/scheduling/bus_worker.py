@@ -114,9 +114,6 @@ class BusWorkerHandle:
 
     async def run(self) -> bool:
         self._run_stage = asyncio.ensure_future(self._stage("run"))
-        # The hand-over is over: the pool may fork this worker's replacement now (not
-        # before: a fork's CPU would slow the very hand-over the spare is kept for).
-        self._client.send("workers", "running", self._pid)
         return await self._gate.stage(self._run_stage)
 
     async def resume(self, termination_requested: bool) -> bool:

@@ -119,7 +119,12 @@ class ExperimentRunner:
         self._experiment.prepare()
 
     def run(self) -> None:
+        assert self._bus is not None
         self._run_time = time.time()
+        # The hand-over is over: the pool may fork this worker's replacement now.  Not
+        # earlier (not when the scheduler sends run): the fork and the new worker's
+        # start, about 20 ms of CPU, would compete with the hand-over for the cores.
+        self._bus.send("workers", "running", os.getpid())
         try:
             self._experiment.run()
             assert self._devices is not None

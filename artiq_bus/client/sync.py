@@ -51,9 +51,9 @@ class Client:
         deadline = time.monotonic() + timeout_s
         request_id = next(self._ids).to_bytes(8, "big")
         body, buffers = pack([list(args), kwargs])
-        send_frames(self._sock, [VERSION, Command.REQUEST.value, request_id, service.encode(),
-                                 method.encode(), encode_timeout(timeout_s), body, *buffers],
-                    block=True)
+        self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
+                    method.encode(), encode_timeout(timeout_s), body, *buffers],
+                   f"{service}.{method}", timeout_s)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             try:
@@ -76,7 +76,21 @@ class Client:
             return value
 
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
-        """One-way message: no reply."""
+        """One-way message: no reply (``DeadlineExceeded`` if it cannot even be queued
+        within the client's timeout)."""
         body, buffers = pack([list(args), kwargs])
-        send_frames(self._sock, [VERSION, Command.MESSAGE.value, service.encode(),
-                                 method.encode(), body, *buffers], block=True)
+        self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(), body,
+                    *buffers], f"{service}.{method}", self.timeout_s)
+
+    def _send(self, frames: list[Any], what: str, timeout_s: float) -> None:
+        """Queue a message, waiting at most ``timeout_s``: with no connection to the
+        broker up (being made, or refused, as CurveZMQ refuses an unknown key) a
+        DEALER has nowhere to queue it, and a send without a deadline would wait for
+        good."""
+        self._sock.setsockopt(zmq.SNDTIMEO, min(max(int(timeout_s * 1000), 1),
+                                                _MAX_TIMEOUT_MS))
+        try:
+            send_frames(self._sock, frames, block=True)
+        except zmq.Again:
+            raise DeadlineExceeded(f"{what}: could not be sent within {timeout_s:g} s to "
+                                   f"{self.address.control}") from None

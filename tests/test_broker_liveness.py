@@ -13,18 +13,18 @@ from contextlib import asynccontextmanager
 import msgpack
 import zmq
 
-from artiq_bus.broker import Broker, BrokerConfig
+from artiq_bus.broker import Broker
 from artiq_bus.client import AsyncClient
 
-#: Short heartbeats, so that "silent for long" takes a second: 0.1 s × 4.
-CONFIG = BrokerConfig(heartbeat_interval_s=0.1, liveness=4)
+from helpers import FAST_BROKER
+
 SILENCE_S = 1.5
 GONE_S = 1.0
 
 
 @asynccontextmanager
 async def broker_and_client(context: zmq.Context) -> AsyncIterator[tuple[Broker, AsyncClient]]:
-    broker = Broker(context, CONFIG)
+    broker = Broker(context, FAST_BROKER)
     await broker.start()
     client = AsyncClient(broker.inproc, context=context)
     await client.start()

@@ -5,7 +5,7 @@ process and to services behind a socket."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,21 +13,17 @@ import numpy as np
 import pytest
 import zmq
 
-from artiq_bus.broker import Broker, BrokerConfig
+from artiq_bus.broker import Broker
 from artiq_bus.broker.local import LocalClient
 from artiq_bus.protocol import (DeadlineExceeded, NoSuchMethod, NoSuchService, RemoteError,
                                 ServiceDied, Unavailable)
 from artiq_bus.runtime.service import ServiceHost
 from artiq_bus.runtime.rpc import rpc, rpc_methods
 
-CONFIG = BrokerConfig(heartbeat_interval_s=0.1, liveness=4)
+from helpers import FAST_BROKER, run_bounded
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    async def guarded() -> None:
-        async with asyncio.timeout(20.0):
-            await coro
-    asyncio.run(guarded())
+
 
 
 class Echo:
@@ -60,7 +56,7 @@ class Echo:
 @asynccontextmanager
 async def serving(context: zmq.Context, local: bool) -> AsyncIterator[tuple[Broker, Echo]]:
     """A broker and the service ``echo``, in this process (``local``) or on a socket."""
-    broker = Broker(context, CONFIG)
+    broker = Broker(context, FAST_BROKER)
     await broker.start()
     echo = Echo()
     host = ServiceHost(context, broker.inproc, "echo", rpc_methods(echo),
@@ -131,7 +127,7 @@ async def _stop(context: zmq.Context) -> None:
 
 
 async def _service_leaves(context: zmq.Context) -> None:
-    broker = Broker(context, CONFIG)
+    broker = Broker(context, FAST_BROKER)
     await broker.start()
     echo = Echo()
     host = ServiceHost(context, broker.inproc, "echo", rpc_methods(echo),
@@ -154,21 +150,21 @@ async def _service_leaves(context: zmq.Context) -> None:
 @pytest.mark.parametrize("local", [True, False], ids=["local", "socket"])
 def test_calls_reach_services_in_this_process_and_behind_sockets(context: zmq.Context,
                                                                  local: bool) -> None:
-    run(_calls_reach_services(context, local))
+    run_bounded(_calls_reach_services(context, local))
 
 
 def test_a_plain_method_in_this_process_answers_within_the_request(
         context: zmq.Context) -> None:
-    run(_plain_method_answers_within_the_request(context))
+    run_bounded(_plain_method_answers_within_the_request(context))
 
 
 def test_errors_are_those_of_the_asyncio_client(context: zmq.Context) -> None:
-    run(_errors(context))
+    run_bounded(_errors(context))
 
 
 def test_stop_fails_calls_in_flight_and_later_ones(context: zmq.Context) -> None:
-    run(_stop(context))
+    run_bounded(_stop(context))
 
 
 def test_a_service_that_leaves_fails_its_calls(context: zmq.Context) -> None:
-    run(_service_leaves(context))
+    run_bounded(_service_leaves(context))

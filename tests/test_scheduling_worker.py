@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from artiq_bus.scheduling import (PauseGate, PauseNotAllowed, RIDCounter, Schedu
                                   WorkerError)
 from artiq_bus.scheduling.errors import RunDeleted
 from artiq_bus.scheduling.tasks import Signal
+
+from helpers import run_bounded
 
 Script = Callable[["FakeWorker"], Awaitable[None]]
 STAGES = ("build", "prepare", "run", "analyze")
@@ -43,12 +45,6 @@ def basic_steps(rid: int, expid: dict[str, Any], priority: int = 0,
             + [updates.delitem([], rid)])
 
 
-def run(coro: Coroutine[Any, Any, Any], timeout_s: float = 20.0) -> Any:
-    """Run ``coro`` in a fresh loop, failing after ``timeout_s``."""
-    async def guarded() -> Any:
-        async with asyncio.timeout(timeout_s):
-            return await coro
-    return asyncio.run(guarded())
 
 
 class RecordingSchedule:
@@ -274,7 +270,7 @@ def test_gate_stage_end_without_pause() -> None:
         end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_soon(end.set_result, None)
         assert await gate.stage(end) is True
-    run(main())
+    run_bounded(main())
 
 
 def test_gate_pause_then_resume_then_end() -> None:
@@ -288,7 +284,7 @@ def test_gate_pause_then_resume_then_end() -> None:
         assert await request is True and not gate.waiting
         end.set_result(None)
         assert await gate.stage(end) is True
-    run(main())
+    run_bounded(main())
 
 
 def test_gate_request_before_stage_is_seen_and_second_request_refused() -> None:
@@ -302,7 +298,7 @@ def test_gate_request_before_stage_is_seen_and_second_request_refused() -> None:
         gate.answer(False)
         assert await request is False
         end.cancel()
-    run(main())
+    run_bounded(main())
 
 
 def test_gate_stage_exception_propagates() -> None:
@@ -312,7 +308,7 @@ def test_gate_stage_exception_propagates() -> None:
         end.set_exception(WorkerError("boom"))
         with pytest.raises(WorkerError, match="boom"):
             await gate.stage(end)
-    run(main())
+    run_bounded(main())
 
 
 def test_gate_close_answers_run_deleted_now_and_later() -> None:
@@ -326,7 +322,7 @@ def test_gate_close_answers_run_deleted_now_and_later() -> None:
             await request
         with pytest.raises(RunDeleted):
             await gate.request()
-    run(main())
+    run_bounded(main())
 
 
 def test_gate_withdrawn_request_leaves_no_pause() -> None:
@@ -340,4 +336,4 @@ def test_gate_withdrawn_request_leaves_no_pause() -> None:
         assert not gate.waiting
         end.set_result(None)
         assert await gate.stage(end) is True
-    run(main())
+    run_bounded(main())

@@ -6,26 +6,21 @@ host on inproc sockets, in this process."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 import zmq
 
-from artiq_bus.broker import Broker, BrokerConfig
+from artiq_bus.broker import Broker
 from artiq_bus.broker.local import LocalClient
 from artiq_bus.protocol import RemoteError, ServiceDied
 from artiq_bus.runtime.rpc import rpc, rpc_methods
 from artiq_bus.runtime.service import ServiceHost
 
-CONFIG = BrokerConfig(heartbeat_interval_s=0.1, liveness=4)
+from helpers import FAST_BROKER, run_bounded
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    async def guarded() -> None:
-        async with asyncio.timeout(20.0):
-            await coro
-    asyncio.run(guarded())
+
 
 
 class Deferred:
@@ -42,7 +37,7 @@ class Deferred:
 
 
 async def _with_host(context: zmq.Context, scenario: Any) -> None:
-    broker = Broker(context, CONFIG)
+    broker = Broker(context, FAST_BROKER)
     await broker.start()
     service = Deferred()
     host = ServiceHost(context, broker.inproc, "deferred", rpc_methods(service),
@@ -79,7 +74,7 @@ def test_a_future_s_value_and_error_are_the_replies(context: zmq.Context) -> Non
         with pytest.raises(RemoteError, match="gone") as raised:
             await reply
         assert raised.value.remote_type == "KeyError"
-    run(_with_host(context, scenario))
+    run_bounded(_with_host(context, scenario))
 
 
 def test_a_future_pending_when_the_host_stops_is_cancelled(context: zmq.Context) -> None:
@@ -89,4 +84,4 @@ def test_a_future_pending_when_the_host_stops_is_cancelled(context: zmq.Context)
         assert service.futures[0].cancelled()
         with pytest.raises(ServiceDied):
             await reply
-    run(_with_host(context, scenario))
+    run_bounded(_with_host(context, scenario))

@@ -13,13 +13,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
+from artiq_bus.broker import BrokerConfig
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.subscriber import Subscriber
 from artiq_bus.protocol import BusError
@@ -160,3 +161,16 @@ __all__ = ["EchoNode", "echo_node", "killable_master", "module_master", "ports_o
            "start_callers", "start_stalling_replica", "bus_client", "call_until_ok",
            "elapsed_since", "same", "view", "describe_difference", "ECHO_NODE",
            "ECHO_CALLER", "STALLING_REPLICA", "HELPERS"]
+
+
+#: A broker with short heartbeats, for brokers in the test process: a peer silent for
+#: 0.1 s × 4 is gone.
+FAST_BROKER = BrokerConfig(heartbeat_interval_s=0.1, liveness=4)
+
+
+def run_bounded(coro: Coroutine[Any, Any, Any], timeout_s: float = 20.0) -> Any:
+    """Run ``coro`` in a fresh loop, failing after ``timeout_s``."""
+    async def guarded() -> Any:
+        async with asyncio.timeout(timeout_s):
+            return await coro
+    return asyncio.run(guarded())

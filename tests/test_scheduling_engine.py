@@ -14,7 +14,8 @@ import pytest
 from artiq_bus.protocol import updates
 from artiq_bus.scheduling import INTERRUPTED, RunStatus
 
-from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, run, wait_for,
+from helpers import run_bounded
+from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, wait_for,
                                     yielding)
 
 LOGGER = "artiq_bus.scheduling"
@@ -38,7 +39,7 @@ def test_basic_sequence(tmp_path: Path) -> None:
                                     "analyze", ("close", "completed")]
             assert h.results == []  # the worker writes the results of a completed run
             assert h.scheduler.pipelines == []
-    run(main())
+    run_bounded(main())
 
 
 def test_far_future_due_date_never_runs_even_at_high_priority(tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ def test_far_future_due_date_never_runs_even_at_high_priority(tmp_path: Path) ->
             h.scheduler.delete(late)
             await h.schedule.wait_gone(late)
             assert h.schedule.statuses(late) == ["pending", "deleting", "gone"]
-    run(main())
+    run_bounded(main())
 
 
 def test_flush_waits_for_active_run_of_same_priority(tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_flush_waits_for_active_run_of_same_priority(tmp_path: Path) -> None:
             log = h.schedule.log
             first_deleting = log.index(updates.setitem([first], "status", "deleting"))
             assert log.index(updates.setitem([flushed], "status", "preparing")) > first_deleting
-    run(main())
+    run_bounded(main())
 
 
 def test_flush_ignores_lower_priority_runs(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_flush_ignores_lower_priority_runs(tmp_path: Path) -> None:
             high = await h.submit(priority=1, flush=True)
             await h.schedule.wait_status(high, "prepare_done")
             assert h.schedule.statuses(high)[:3] == ["pending", "flushing", "preparing"]
-    run(main())
+    run_bounded(main())
 
 
 def test_order_priority_then_due_date_then_rid(tmp_path: Path) -> None:
@@ -104,7 +105,7 @@ def test_order_priority_then_due_date_then_rid(tmp_path: Path) -> None:
             started = [u["path"][0] for u in h.schedule.log
                        if u["path"] and u["value"] == "running"]
             assert started == [blocker, b, a, d, c]
-    run(main())
+    run_bounded(main())
 
 
 def test_one_run_prepared_ahead_unless_more_important(tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_one_run_prepared_ahead_unless_more_important(tmp_path: Path) -> None:
             started = [u["path"][0] for u in h.schedule.log
                        if u["path"] and u["value"] == "running"]
             assert started == [first, urgent, second, third]
-    run(main())
+    run_bounded(main())
 
 
 def test_delete_in_every_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -176,7 +177,7 @@ def test_delete_in_every_state(tmp_path: Path, caplog: pytest.LogCaptureFixture)
                     assert worker.calls[-1] == ("close", "deleted"), state
             h.scheduler.delete(12345)  # unknown: ignored
             assert h.results == []
-    run(main())
+    run_bounded(main())
     assert [r for r in caplog.records if r.levelno >= logging.WARNING
             and "the master is stopping" not in r.getMessage()] == []
 
@@ -197,7 +198,7 @@ def test_request_termination_deletes_runs_that_are_not_running(tmp_path: Path) -
             assert h.schedule.statuses(preparing) == ["pending", "preparing", "deleting",
                                                       "gone"]
             assert pending not in h.farm.workers
-    run(main())
+    run_bounded(main())
 
 
 def test_stop_with_active_runs_does_not_hang(tmp_path: Path) -> None:
@@ -226,7 +227,7 @@ def test_stop_with_active_runs_does_not_hang(tmp_path: Path) -> None:
         assert await h.scheduler.submit("main", dict(EXPID)) is None
         assert h.schedule.statuses(pending) == ["pending", "deleting", "gone"]
         return h
-    run(main())
+    run_bounded(main())
 
 
 def test_pipelines_are_independent_and_collected(tmp_path: Path) -> None:
@@ -247,7 +248,7 @@ def test_pipelines_are_independent_and_collected(tmp_path: Path) -> None:
             await h.schedule.wait_for(lambda: h.scheduler.pipelines == [])
             again = await h.submit("slow")  # a collected pipeline comes back on demand
             await h.schedule.wait_gone(again)
-    run(main())
+    run_bounded(main())
 
 
 def test_get_status_is_the_schedule(tmp_path: Path) -> None:
@@ -266,4 +267,4 @@ def test_get_status_is_the_schedule(tmp_path: Path) -> None:
                         "flush": False, "status": "pending", "repo_msg": None}}
             status[rid]["status"] = "changed"  # a copy
             assert h.schedule.status(rid) == "running"
-    run(main())
+    run_bounded(main())

@@ -15,7 +15,8 @@ import pytest
 from artiq_bus.scheduling import (WorkerBuildTimeout, WorkerCrashed, WorkerError,
                                   WorkerWatchdogTimeout)
 
-from test_scheduling_worker import EXPID, Harness, fail, forever, run
+from helpers import run_bounded
+from test_scheduling_worker import EXPID, Harness, fail, forever
 
 LOGGER = "artiq_bus.scheduling"
 
@@ -33,7 +34,7 @@ def failing(tmp_path: Path, stage: str, exc: Exception,
             rid = await h.submit()
             await h.schedule.wait_gone(rid)
         return h, h.schedule.statuses(rid)  # stop() waited for the results writer
-    return run(main())  # type: ignore[no-any-return]
+    return run_bounded(main())  # type: ignore[no-any-return]
 
 
 PREPARE_STEPS = ["pending", "preparing", "deleting", "gone"]
@@ -139,7 +140,7 @@ def test_failure_does_not_disturb_the_next_run(tmp_path: Path) -> None:
             await h.schedule.wait_gone(bad)
             await h.schedule.wait_gone(good)
             assert "run_done" in h.schedule.statuses(good)
-    run(main())
+    run_bounded(main())
 
 
 def test_results_writer_failure_is_logged(tmp_path: Path,
@@ -151,7 +152,7 @@ def test_results_writer_failure_is_logged(tmp_path: Path,
             h.farm.on(0, "run", fail(WorkerCrashed("gone")))
             rid = await h.submit()
             await h.schedule.wait_gone(rid)
-    run(main())  # stop() waited for the results writer
+    run_bounded(main())  # stop() waited for the results writer
     assert "RID 0: writing its results file (worker died: gone) failed: OSError: disk full" \
         in errors(caplog)
 
@@ -181,7 +182,7 @@ def test_close_that_hangs_or_raises_does_not_block_deletion(
             h.scheduler.delete(broken)
             await h.schedule.wait_gone(hung)
             await h.schedule.wait_gone(broken)
-    run(main())
+    run_bounded(main())
     assert sorted(m for m in errors(caplog) if "closing" in m) == [
         "RID 0: closing its worker failed: TimeoutError",
         "RID 1: closing its worker failed: RuntimeError: close bug"]
@@ -201,6 +202,6 @@ def test_handle_cancelling_its_own_call_is_a_failure(tmp_path: Path,
             assert await h.submit() == 1  # the pipeline still works
             await h.schedule.wait_gone(1)
             return h
-    run(main())
+    run_bounded(main())
     assert errors(caplog) == ["got worker exception in prepare stage, deleting RID 0: "
                               "WorkerError: the worker call was cancelled"]

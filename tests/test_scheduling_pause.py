@@ -15,7 +15,8 @@ from artiq_bus.protocol import updates
 from artiq_bus.scheduling import PauseNotAllowed, RIDNotFound
 from artiq_bus.scheduling.errors import RunDeleted
 
-from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, run, wait_for,
+from helpers import run_bounded
+from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, wait_for,
                                     yielding)
 
 
@@ -50,7 +51,7 @@ def test_pending_priority(tmp_path: Path) -> None:
             assert h.farm.workers[background].calls[-2:] == [
                 ("resume", True), ("close", "failed in run stage")]
             assert h.schedule.status(high) == "pending"
-    run(main())
+    run_bounded(main())
 
 
 def test_check_pause_transitions_and_termination(tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_check_pause_transitions_and_termination(tmp_path: Path) -> None:
             h.schedule.poke()
             await h.schedule.wait_gone(bg)
             assert h.results == []  # the worker wrote its own (TerminationRequested)
-    run(main())
+    run_bounded(main())
 
 
 def test_pause_without_competition_resumes_at_once(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ def test_pause_without_competition_resumes_at_once(tmp_path: Path) -> None:
                 "paused", "running", "run_done", "analyzing", "deleting", "gone"]
             assert h.farm.workers[rid].calls[2:5] == ["run", ("resume", False),
                                                       ("resume", False)]
-    run(main())
+    run_bounded(main())
 
 
 def test_termination_flag_is_cleared_at_resume(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_termination_flag_is_cleared_at_resume(tmp_path: Path) -> None:
             await h.schedule.wait_gone(rid)
             assert seen == [True, False]
             assert "run_done" in h.schedule.statuses(rid)  # it caught it and completed
-    run(main())
+    run_bounded(main())
 
 
 def test_pause_outside_run_is_refused(tmp_path: Path) -> None:
@@ -146,7 +147,7 @@ def test_pause_outside_run_is_refused(tmp_path: Path) -> None:
             with pytest.raises(KeyError):
                 h.scheduler.check_pause(rid)
             assert h.scheduler.check_termination(rid) is False
-    run(main())
+    run_bounded(main())
 
 
 def test_pause_request_from_the_service_side(tmp_path: Path) -> None:
@@ -172,4 +173,4 @@ def test_pause_request_from_the_service_side(tmp_path: Path) -> None:
             h.scheduler.delete(rid)
             with pytest.raises(RunDeleted):
                 await second
-    run(main())
+    run_bounded(main())

@@ -22,7 +22,8 @@ from artiq_bus import pyon
 from artiq_bus.scheduling import INTERRUPTED
 from artiq_bus.scheduling.persist import read_schedule
 
-from test_scheduling_worker import EXPID, Harness, forever, run
+from helpers import run_bounded
+from test_scheduling_worker import EXPID, Harness, forever
 
 LOGGER = "artiq_bus.scheduling"
 FAR = 4_000_000_000.0  # a due date that never comes during a test
@@ -50,7 +51,7 @@ def crash_with_runs(tmp_path: Path) -> None:
         await h.schedule.wait_status(0, "running")
         await h.schedule.wait_status(1, "preparing")
         await h.schedule.wait_status(2, "prepare_done")
-    run(main())
+    run_bounded(main())
 
 
 def test_crash_restores_queued_runs_and_reports_active_ones(
@@ -83,7 +84,7 @@ def test_crash_restores_queued_runs_and_reports_active_ones(
             assert sorted(h.farm.workers) == [3, 4, 6]  # interrupted runs are not re-run
             await h.wait_results(3)
             return h
-    h = run(restart())
+    h = run_bounded(restart())
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [
         "RID 0 was running when the master stopped: interrupted, not run again",
@@ -104,7 +105,7 @@ def test_crash_with_lost_rid_file_does_not_reuse_rids(tmp_path: Path) -> None:
     async def restart() -> None:
         async with Harness(tmp_path) as h:
             assert await h.submit() == 6
-    run(restart())
+    run_bounded(restart())
 
 
 def test_rid_of_a_deleted_run_is_never_reused_after_a_crash(tmp_path: Path) -> None:
@@ -118,13 +119,13 @@ def test_rid_of_a_deleted_run_is_never_reused_after_a_crash(tmp_path: Path) -> N
         h.scheduler.delete(rid)
         await h.scheduler.persisted()
         assert read_schedule(tmp_path / "schedule.sqlite") == (0, {})
-    run(first())
+    run_bounded(first())
     (tmp_path / "last_rid.pyon").write_text("-1\n")  # as if its write never happened
 
     async def restart() -> None:
         async with Harness(tmp_path) as h:
             assert await h.submit() == 1
-    run(restart())
+    run_bounded(restart())
     assert (tmp_path / "last_rid.pyon").read_text() == "1\n"
 
 
@@ -136,7 +137,7 @@ def test_clean_stop_keeps_queued_runs_and_reports_active_ones(tmp_path: Path) ->
             await h.submit(due_date=FAR)
             await h.schedule.wait_status(0, "running")
         return h
-    h = run(first())
+    h = run_bounded(first())
     assert [(r[0], r[4]) for r in h.results] == [(0, INTERRUPTED)]
     assert h.schedule.data == {}  # stop deletes every run, as ARTIQ's does
     assert {rid: r["status"] for rid, r in persisted(tmp_path).items()} == {1: "pending"}
@@ -145,7 +146,7 @@ def test_clean_stop_keeps_queued_runs_and_reports_active_ones(tmp_path: Path) ->
         async with Harness(tmp_path) as h:
             assert h.schedule.data[1]["due_date"] == FAR
             assert h.results == []
-    run(second())
+    run_bounded(second())
 
 
 def test_submission_is_written_before_submit_returns(tmp_path: Path) -> None:
@@ -160,7 +161,7 @@ def test_submission_is_written_before_submit_returns(tmp_path: Path) -> None:
             h.scheduler.delete(rid)
             await h.scheduler.persisted()
             assert persisted(tmp_path) == {}
-    run(main())
+    run_bounded(main())
 
 
 def test_unreadable_file_is_moved_aside(tmp_path: Path,
@@ -171,7 +172,7 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path,
         async with Harness(tmp_path) as h:
             rid = await h.submit()
             await h.schedule.wait_gone(rid)
-    run(main())
+    run_bounded(main())
     [aside] = [p.name for p in tmp_path.iterdir() if ".bad-" in p.name]
     assert (tmp_path / aside).read_text() == "{not a database"
     assert any("cannot read the persisted schedule" in r.getMessage()
@@ -184,7 +185,7 @@ def test_unwritable_file_is_logged_not_fatal(tmp_path: Path,
         async with Harness(tmp_path, persist_path=tmp_path / "missing" / "s.sqlite") as h:
             rid = await h.submit()
             await h.schedule.wait_gone(rid)
-    run(main())
+    run_bounded(main())
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(messages) == 1 and "cannot write the persisted schedule" in messages[0]
 
@@ -207,7 +208,7 @@ def test_restored_repository_run_gets_a_fresh_checkout(tmp_path: Path) -> None:
         await h.submit()
         await h.schedule.wait_status(0, "preparing")
         await h.submit(expid=repo_expid)  # waits behind RID 0's prepare
-    run(crash())
+    run_bounded(crash())
     pinned = {**repo_expid, "repo_rev": "c0ffee"}
     assert persisted(tmp_path)[1]["expid"] == pinned
     assert released == []
@@ -217,7 +218,7 @@ def test_restored_repository_run_gets_a_fresh_checkout(tmp_path: Path) -> None:
             await h.schedule.wait_gone(1)
             assert h.schedule.sequence(1)[0]["value"]["repo_msg"] == "fix things"
             return h
-    h = run(restart())
+    h = run_bounded(restart())
     assert [e["repo_rev"] for e in resolved] == [None, "c0ffee"]
     assert h.farm.workers[1].calls[0] == ("build", 1, "main", str(tmp_path / "checkout2"),
                                           pinned, 0)
@@ -268,7 +269,7 @@ def test_sigkill_master(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
             await h.schedule.wait_gone(3)
             await h.wait_results(2)
             return h
-    h = run(restart())
+    h = run_bounded(restart())
     assert sorted((r[0], r[4]) for r in h.results) == [(0, INTERRUPTED), (1, INTERRUPTED)]
     # built before the crash: the results files are named after the class
     assert h.class_names == {0: "Experiment0", 1: "Experiment1"}
@@ -282,5 +283,5 @@ def test_stop_without_start_keeps_the_file(tmp_path: Path) -> None:
     async def main() -> None:
         h = Harness(tmp_path)
         await h.scheduler.stop()
-    run(main())
+    run_bounded(main())
     assert persisted(tmp_path) == before

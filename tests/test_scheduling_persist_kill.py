@@ -24,7 +24,8 @@ from artiq_bus.scheduling import INTERRUPTED, RIDCounter, schedule_db
 from artiq_bus.scheduling.schedule_db import ScheduleWriter, read_schedule
 
 from test_scheduling_persist import crash_with_runs, persisted
-from test_scheduling_worker import EXPID, Harness, forever, run
+from helpers import run_bounded
+from test_scheduling_worker import EXPID, Harness, forever
 
 LOGGER = "artiq_bus.scheduling"
 TESTS = str(Path(__file__).parent)
@@ -116,7 +117,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_run(
             await h.wait_results(len(interrupted_in(caplog)))
             assert set(h.farm.workers) == restored | {new}  # queued runs ran, once
             return restored, new
-    restored, new = run(restart())
+    restored, new = run_bounded(restart())
     interrupted = set(interrupted_in(caplog))
     assert acked <= restored | interrupted | gone
     assert not restored & (interrupted | gone)
@@ -163,7 +164,7 @@ def test_sigkill_keeps_commits_that_were_not_synced(
         async with Harness(tmp_path) as h:
             await h.wait_results(2)
             return h
-    h = run(restart())
+    h = run_bounded(restart())
     assert interrupted_in(caplog) == {0: "running", 1: "preparing"}
     by_rid = {r[0]: r for r in h.results}
     assert before <= by_rid[0][2] <= by_rid[0][3] <= time.time()  # its run time
@@ -228,7 +229,7 @@ def test_interrupted_runs_are_reported_once(tmp_path: Path,
         await h.schedule.wait_status(3, "preparing")
         await h.scheduler.persisted()
     caplog.set_level(logging.INFO, logger=LOGGER)
-    run(crash_again())
+    run_bounded(crash_again())
     assert set(interrupted_in(caplog)) == {0, 1, 2}
     assert sorted(persisted(tmp_path)) == [3, 4, 5]
     caplog.clear()
@@ -236,5 +237,5 @@ def test_interrupted_runs_are_reported_once(tmp_path: Path,
     async def restart() -> None:
         async with Harness(tmp_path) as h:
             await h.schedule.wait_gone(4)
-    run(restart())
+    run_bounded(restart())
     assert interrupted_in(caplog) == {3: "preparing"}

@@ -18,7 +18,8 @@ from artiq_bus.scheduling import (InvalidSubmission, RepositoryUnavailable, RIDC
 
 from artiq_bus.scheduling.tasks import Signal
 
-from test_scheduling_worker import EXPID, Farm, Harness, run
+from helpers import run_bounded
+from test_scheduling_worker import EXPID, Farm, Harness
 
 
 class Revisions:
@@ -62,7 +63,7 @@ def test_repository_submission(tmp_path: Path) -> None:
             assert h.farm.workers[rid].calls[0] == (
                 "build", rid, "main", str(tmp_path / "checkout"), pinned, 0)
             return h
-    run(main())
+    run_bounded(main())
     assert revisions.requests == [{**EXPID, "file": "sub/exp.py", "repo_rev": None}]
     assert revisions.released == ["0123abcd"]
 
@@ -76,7 +77,7 @@ def test_failed_resolution_consumes_no_rid(tmp_path: Path) -> None:
                 await h.submit(expid={**EXPID, "file": "x.py", "repo_rev": "nope"})
             assert h.schedule.log == []
             assert await h.submit() == 0
-    run(main())
+    run_bounded(main())
 
 
 def test_repository_submission_without_repository(tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_repository_submission_without_repository(tmp_path: Path) -> None:
         async with Harness(tmp_path) as h:
             with pytest.raises(RepositoryUnavailable):
                 await h.submit(expid={**EXPID, "file": "x.py", "repo_rev": None})
-    run(main())
+    run_bounded(main())
 
 
 def test_file_outside_repository_is_made_absolute(tmp_path: Path,
@@ -100,7 +101,7 @@ def test_file_outside_repository_is_made_absolute(tmp_path: Path,
                 str(tmp_path), "exps", "exp.py")
             await h.schedule.wait_gone(rid)
             assert h.farm.workers[rid].calls[0][3] is None  # wd
-    run(main())
+    run_bounded(main())
     assert caller_expid["file"] == "exps/exp.py"  # the caller's dict is not changed
 
 
@@ -119,7 +120,7 @@ def test_invalid_submissions(tmp_path: Path, args: tuple[Any, ...]) -> None:
             with pytest.raises(InvalidSubmission):
                 await h.scheduler.submit(*args)
             assert h.schedule.log == []
-    run(main())
+    run_bounded(main())
 
 
 def test_submit_before_start_and_after_stop(tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ def test_submit_before_start_and_after_stop(tmp_path: Path) -> None:
         await h.scheduler.stop()
         assert await h.scheduler.submit("main", dict(EXPID)) is None
         await h.scheduler.stop()  # idempotent
-    run(main())
+    run_bounded(main())
 
 
 def test_stop_during_resolution_releases_the_revision(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_stop_during_resolution_releases_the_revision(tmp_path: Path) -> None:
         await h.scheduler.stop()
         revisions.gate.set()
         assert await submission is None
-    run(main())
+    run_bounded(main())
     assert revisions.released == ["0123abcd"]
 
 
@@ -159,7 +160,7 @@ def test_log_submissions(tmp_path: Path) -> None:
         async with Harness(tmp_path, log_submissions=log) as h:
             await h.submit(expid={**EXPID, "file": "/abs/exp.py"})
             await h.submit()  # content: no file (ARTIQ raises KeyError here)
-    run(main())
+    run_bounded(main())
     with log.open() as file:
         rows = list(csv.reader(file))
     assert [(row[0], row[2]) for row in rows] == [("0", "/abs/exp.py"), ("1", "")]
@@ -212,4 +213,4 @@ def test_drives_a_real_struct_owner(tmp_path: Path) -> None:
         owner.flush()
         assert owner.publisher.messages and rid == 0
         assert sorted(p.name for p in tmp_path.iterdir()) == ["rid"]
-    run(main())
+    run_bounded(main())

@@ -16,7 +16,8 @@ from artiq_bus.scheduling import RunStatus
 from artiq_bus.scheduling.pipeline import Pipeline
 from artiq_bus.scheduling.runs import Run
 
-from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, run, wait_for,
+from helpers import run_bounded
+from test_scheduling_worker import (EXPID, Harness, basic_steps, forever, wait_for,
                                     yielding)
 
 
@@ -31,7 +32,7 @@ def test_flush_goes_on_when_the_run_it_waits_for_is_deleted(tmp_path: Path) -> N
             h.scheduler.delete(first)
             await h.schedule.wait_gone(flushed)
             assert h.schedule.sequence(flushed) == basic_steps(flushed, EXPID, flush=True)
-    run(main())
+    run_bounded(main())
 
 
 def test_deleting_the_prepared_run_lets_a_less_important_one_be_prepared(
@@ -46,7 +47,7 @@ def test_deleting_the_prepared_run_lets_a_less_important_one_be_prepared(
             waiting = await h.submit()  # behind the prepared run: stays pending
             h.scheduler.delete(prepared)
             await h.schedule.wait_status(waiting, "prepare_done")
-    run(main())
+    run_bounded(main())
 
 
 def test_a_paused_run_deleted_on_the_stack_is_not_resumed(tmp_path: Path) -> None:
@@ -68,7 +69,7 @@ def test_a_paused_run_deleted_on_the_stack_is_not_resumed(tmp_path: Path) -> Non
             release.set()
             await h.schedule.wait_status(2, "running")
             assert h.schedule.statuses(0)[-3:] == ["paused", "deleting", "gone"]
-    run(main())
+    run_bounded(main())
 
 
 def test_a_burst_wakes_each_stage_a_bounded_number_of_times_per_run(
@@ -92,7 +93,7 @@ def test_a_burst_wakes_each_stage_a_bounded_number_of_times_per_run(
             assert [u for u in h.schedule.log if u["action"] == "delitem"] == [
                 updates.delitem([], rid) for rid in sorted(rids)]
     started = time.monotonic()
-    run(main())
+    run_bounded(main())
     assert time.monotonic() - started < 20.0
     assert all(count <= 3 * runs for count in looks.values()), looks
 

@@ -20,9 +20,8 @@ from typing import Any, Protocol
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames, watch_connection
-from ..protocol import (VERSION, Command, DeadlineExceeded, Overloaded, ProtocolError, Status,
-                        Unavailable, encode_timeout, error_from_wire, pack, split_command,
-                        unpack)
+from ..protocol import (Command, DeadlineExceeded, Overloaded, ProtocolError, Unavailable,
+                        message_envelope, pack, reply_result, request_envelope, split_command)
 
 __all__ = ["AsyncClient", "ServiceProxy", "Carrier", "DEFAULT_TIMEOUT_S"]
 
@@ -147,8 +146,7 @@ class AsyncClient:
         # future and two more callbacks.
         timer = loop.call_later(timeout_s, self._expire, future, service, method, timeout_s)
         try:
-            self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
-                        method.encode(), encode_timeout(timeout_s), body, *buffers])
+            self._send(request_envelope(request_id, service, method, timeout_s, body, buffers))
             return await future
         finally:
             timer.cancel()
@@ -172,8 +170,7 @@ class AsyncClient:
 
         self._pending[request_id] = future
         try:
-            self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
-                        method.encode(), encode_timeout(timeout_s), body, *buffers])
+            self._send(request_envelope(request_id, service, method, timeout_s, body, buffers))
         except BaseException:
             forget(future)
             raise
@@ -195,8 +192,7 @@ class AsyncClient:
     def send_packed(self, service: str, method: str, body: bytes,
                     buffers: Sequence[Any]) -> None:
         """:meth:`send` with the body ``[args, kwargs]`` already packed."""
-        self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(),
-                    body, *buffers])
+        self._send(message_envelope(service, method, body, buffers))
 
     def proxy(self, service: str) -> "ServiceProxy":
         return ServiceProxy(self, service)
@@ -240,16 +236,10 @@ class AsyncClient:
             logger.debug("client: reply to no call in flight dropped (id %s)",
                          request_id[:16].hex())
             return
-        ok = _bytes(rest[1]) == Status.OK.value
         try:
-            value = unpack(_buffer(rest[2]), rest[3:])
-        except ProtocolError as exc:
+            future.set_result(reply_result(rest))
+        except Exception as exc:  # the error it carries, or a malformed body
             future.set_exception(exc)
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(error_from_wire(value))
 
     def _bad_reply(self, why: str) -> None:
         self.bad_replies += 1
@@ -280,11 +270,6 @@ class AsyncClient:
 
 def _bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
-
-
-def _buffer(frame: Any) -> Any:
-    """A frame's content without a copy (``bytes`` stay as they are)."""
-    return frame if isinstance(frame, bytes) else frame.buffer
 
 
 class ServiceProxy:

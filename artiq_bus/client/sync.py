@@ -12,8 +12,8 @@ from typing import Any
 import zmq
 
 from ..net import BusAddress, CurveClient, configure, recv_frames, send_frames
-from ..protocol import (VERSION, Command, DeadlineExceeded, ProtocolError, Status,
-                        encode_timeout, error_from_wire, pack, split_command, unpack)
+from ..protocol import (Command, DeadlineExceeded, ProtocolError, message_envelope, pack,
+                        reply_result, request_envelope, split_command)
 from .aio import DEFAULT_TIMEOUT_S
 
 __all__ = ["Client"]
@@ -51,8 +51,7 @@ class Client:
         deadline = time.monotonic() + timeout_s
         request_id = next(self._ids).to_bytes(8, "big")
         body, buffers = pack([list(args), kwargs])
-        self._send([VERSION, Command.REQUEST.value, request_id, service.encode(),
-                    method.encode(), encode_timeout(timeout_s), body, *buffers],
+        self._send(request_envelope(request_id, service, method, timeout_s, body, buffers),
                    f"{service}.{method}", timeout_s)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -70,17 +69,14 @@ class Client:
                 raise ProtocolError(f"unexpected {command.name} from the broker")
             if rest[0].bytes != request_id:
                 continue  # a late reply to an earlier call that timed out
-            value = unpack(rest[2].buffer, rest[3:])
-            if rest[1].bytes != Status.OK.value:
-                raise error_from_wire(value)
-            return value
+            return reply_result(rest)
 
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way message: no reply (``DeadlineExceeded`` if it cannot even be queued
         within the client's timeout)."""
         body, buffers = pack([list(args), kwargs])
-        self._send([VERSION, Command.MESSAGE.value, service.encode(), method.encode(), body,
-                    *buffers], f"{service}.{method}", self.timeout_s)
+        self._send(message_envelope(service, method, body, buffers), f"{service}.{method}",
+                   self.timeout_s)
 
     def _send(self, frames: list[Any], what: str, timeout_s: float) -> None:
         """Queue a message, waiting at most ``timeout_s``: with no connection to the

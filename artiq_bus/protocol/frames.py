@@ -40,13 +40,16 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import ProtocolError
+from .codec import freeze_buffers, pack, unpack
+from .errors import EncodeError, ProtocolError, error_from_wire, error_to_wire
 
 __all__ = ["VERSION", "Command", "Liveness", "Status", "encode_timeout", "decode_timeout",
-           "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "check_name", "split_command"]
+           "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "check_name", "split_command",
+           "request_envelope", "message_envelope", "register_envelope", "reply_envelope",
+           "reply_result"]
 
 #: Frame 0 of every message.  A peer that sends anything else is dropped.
 VERSION = b"ABUS1"
@@ -124,3 +127,59 @@ def split_command(frames: Sequence[Any]) -> tuple[Command, Sequence[Any]]:
 
 
 _COMMANDS = {command.value: command for command in Command}
+
+
+# -- building and reading messages (every peer builds them the same way) ----------------
+
+def request_envelope(request_id: bytes, service: str, method: str, timeout_s: float,
+                     body: Any, buffers: Sequence[Any] = ()) -> list[Any]:
+    """A caller's ``REQ``: ``body`` is the packed ``[args, kwargs]``, ``buffers`` its
+    out-of-band frames."""
+    return [VERSION, Command.REQUEST.value, request_id, service.encode(), method.encode(),
+            encode_timeout(timeout_s), body, *buffers]
+
+
+def message_envelope(service: str, method: str, body: Any,
+                     buffers: Sequence[Any] = ()) -> list[Any]:
+    """A caller's one-way ``MSG`` (``body`` as for :func:`request_envelope`)."""
+    return [VERSION, Command.MESSAGE.value, service.encode(), method.encode(), body, *buffers]
+
+
+def register_envelope(service: str, methods: Iterable[str], liveness: Liveness) -> list[Any]:
+    """A service's ``REG``, declaring ``methods`` (sorted) and how it is judged alive."""
+    body, _ = pack({"methods": sorted(methods), "liveness": liveness.value})
+    return [VERSION, Command.REGISTER.value, service.encode(), body]
+
+
+def reply_envelope(caller: bytes, request_id: bytes, result: Any = None,
+                   error: BaseException | None = None) -> list[Any]:
+    """A service's ``REP`` to the ``REQ`` of ``caller``: ``result``, or ``error`` as an
+    error body.  A result the codec cannot carry becomes an :class:`EncodeError` reply.
+    The result's arrays are made read-only: ZeroMQ sends them from their own memory,
+    later, and they must not change meanwhile."""
+    if error is None:
+        try:
+            body, buffers = pack(result)
+        except EncodeError as exc:
+            error = exc
+        else:
+            freeze_buffers(buffers)
+            return [VERSION, Command.REPLY.value, caller, request_id, Status.OK.value, body,
+                    *buffers]
+    body, buffers = pack(error_to_wire(error))
+    return [VERSION, Command.REPLY.value, caller, request_id, Status.ERROR.value, body,
+            *buffers]
+
+
+def reply_result(rest: Sequence[Any]) -> Any:
+    """The value of a caller's ``REP`` from its frames after the command (``request_id
+    status body *buffers``, at least 3); raises the error it carries, or
+    :class:`ProtocolError` when it is malformed."""
+    status = rest[1] if type(rest[1]) is bytes else rest[1].bytes
+    body = rest[2] if type(rest[2]) is bytes else rest[2].buffer
+    value = unpack(body, rest[3:])
+    if status == Status.OK.value:
+        return value
+    if status == Status.ERROR.value:
+        raise error_from_wire(value)
+    raise ProtocolError(f"bad reply status {status[:4]!r}")

@@ -25,9 +25,9 @@ from typing import Any
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
-from ..protocol import (VERSION, Command, EncodeError, Liveness, NoSuchMethod, Overloaded,
-                        ProtocolError, Status, Unavailable, check_name, error_to_wire,
-                        freeze_buffers, pack, split_command)
+from ..protocol import (VERSION, Command, Liveness, NoSuchMethod, Overloaded, ProtocolError,
+                        Unavailable, check_name, register_envelope, reply_envelope,
+                        split_command)
 from .rpc import LocalBroker, ReplyReceiver, decode_arguments
 
 __all__ = ["ServiceHost"]
@@ -178,8 +178,7 @@ class ServiceHost:
                 f"{self._address.control} closed"))
 
     def _register(self) -> None:
-        body, _ = pack({"methods": sorted(self._methods), "liveness": self._liveness_by.value})
-        self._send([VERSION, Command.REGISTER.value, self.name.encode(), body])
+        self._send(register_envelope(self.name, self._methods, self._liveness_by))
         self._last_heard = time.monotonic()
 
     def _send(self, frames: Sequence[Any], *, caller: bool = False) -> None:
@@ -371,17 +370,5 @@ class ServiceHost:
             if error is not None:
                 self._one_way_failed(error)
             return
-        status, frames = Status.OK, []
-        if error is None:
-            try:
-                body, frames = pack(result)
-            except EncodeError as exc:
-                error = exc
-            # ZeroMQ sends large arrays from their own memory, later: they must not
-            # change meanwhile (owners copy read-only arrays before changing them).
-            freeze_buffers(frames)
-        if error is not None:
-            status = Status.ERROR
-            body, frames = pack(error_to_wire(error))
         if self._sock is not None or self._local_identity:
-            self._send([VERSION, Command.REPLY.value, *reply_to, status.value, body, *frames])
+            self._send(reply_envelope(*reply_to, result, error))

@@ -6,7 +6,9 @@ waits here, where producers that can wait (a worker's captured output) see it
 (:attr:`BusLogHandler.backlogged`), instead of in socket queues where it would hold up
 the log service's process.  The queue is bounded: when the bus cannot keep up the oldest
 records are dropped and counted (a log storm must not take the process's memory).
-Records may come from any thread.
+Records may come from any thread.  The handler runs on an asyncio loop, or on a worker's
+bus loop (:class:`~artiq_bus.worker.loop.PollLoop`, which offers the same callbacks) with
+its link as the client.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..protocol import BusError
-from ..client.aio import AsyncClient
 
 __all__ = ["BusLogHandler", "record_to_wire", "LOG_SERVICE"]
 
@@ -45,25 +46,52 @@ def record_to_wire(record: logging.LogRecord, default_source: str) -> dict[str, 
             "time": record.created, "name": record.name, "message": message}
 
 
+class Reply(Protocol):
+    """The future of a call's reply (asyncio's or ``concurrent.futures``')."""
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+
+class Caller(Protocol):
+    """What sends the records: an ``AsyncClient``, or a worker's link."""
+
+    def request(self, service: str, method: str, /, *args: Any, timeout_s: float | None = None,
+                **kwargs: Any) -> Reply: ...
+
+
+class Loop(Protocol):
+    """The loop the handler sends from: asyncio's, or a worker's bus loop."""
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Any: ...
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> Any: ...
+
+    def is_closed(self) -> bool: ...
+
+
 class BusLogHandler(logging.Handler):
     """A logging handler that forwards records to the log service over the bus."""
 
-    def __init__(self, client: AsyncClient, source: str, level: int = logging.NOTSET,
-                 max_queued: int = 10_000):
+    def __init__(self, client: Caller, source: str, level: int = logging.NOTSET,
+                 max_queued: int = 10_000, loop: Loop | None = None):
         super().__init__(level)
         self.source = source
         self.dropped = 0
         self._client = client
         self._queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_queued)
-        self._loop = asyncio.get_running_loop()
+        #: Made on its loop's thread (default: the running asyncio loop).
+        self._loop = asyncio.get_running_loop() if loop is None else loop
         self._loop_thread = threading.get_ident()
         self._scheduled = False
         self._sending = threading.local()
         self._in_flight = 0
         #: Called (on the loop) once the handler is no longer backlogged.
         self._on_room: list[Callable[[], None]] = []
-        self._idle: asyncio.Event = asyncio.Event()
-        self._idle.set()
+        self._on_idle: list[Callable[[], None]] = []
 
     @property
     def backlogged(self) -> bool:
@@ -78,12 +106,22 @@ class BusLogHandler(logging.Handler):
         else:
             self._loop.call_soon(callback)
 
+    @property
+    def idle(self) -> bool:
+        """Whether every record handed over has been answered for (read on the loop)."""
+        return not self._queue and not self._in_flight
+
     async def drained(self, timeout_s: float = EMIT_TIMEOUT_S) -> None:
-        """Wait (at most ``timeout_s``) until every queued record has been answered for."""
+        """Wait (at most ``timeout_s``) until every queued record has been answered for
+        (on an asyncio loop)."""
         self._flush()
+        if self.idle:
+            return
+        idle = asyncio.get_running_loop().create_future()
+        self._on_idle.append(lambda: idle.done() or idle.set_result(None))
         try:
             async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
+                await idle
         except TimeoutError:
             pass  # what is still queued counts as dropped when its call fails
 
@@ -127,16 +165,17 @@ class BusLogHandler(logging.Handler):
             finally:
                 self._sending.active = False
             self._in_flight += 1
-            self._idle.clear()
             reply.add_done_callback(functools.partial(self._answered, count=len(records)))
         if not self.backlogged and self._on_room:
             callbacks, self._on_room = self._on_room, []
             for callback in callbacks:
                 callback()
-        if not queue and not self._in_flight:
-            self._idle.set()
+        if self._on_idle and self.idle:
+            callbacks, self._on_idle = self._on_idle, []
+            for callback in callbacks:
+                callback()
 
-    def _answered(self, reply: "asyncio.Future[Any]", *, count: int) -> None:
+    def _answered(self, reply: Reply, *, count: int) -> None:
         self._in_flight -= 1
         if reply.cancelled() or reply.exception() is not None:
             self.dropped += count

@@ -3,7 +3,6 @@ virtual devices, and the master's datasets."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import logging
@@ -232,12 +231,7 @@ class BusDatasetBackend:
         with self._sync_lock:
             batches = self._batches()
             for body, buffers in batches:
-                try:
-                    self._bus.bus.client.send_packed(self._service, "apply_updates", body,
-                                                     buffers)
-                except BusError as exc:
-                    logger.error("datasets: %d bytes of dataset updates lost: %s",
-                                 len(body), exc)
+                self._send(body, buffers)
         if batches:
             self._bus.loop.call_later(BATCH_WINDOW_S, self._drain)
             return
@@ -255,10 +249,9 @@ class BusDatasetBackend:
         with self._sync_lock:  # no drain in the bus thread between taking and sending
             batches = self._batches() or [(_batch_body([]), [])]
             for body, buffers in batches[:-1]:
-                self._send_later(body, buffers)
-            last = self._bus.bus.client.call_packed(self._service, "apply_updates",
-                                                    *batches[-1], timeout_s=SYNC_TIMEOUT_S)
-            future = asyncio.run_coroutine_threadsafe(last, self._bus.loop)
+                self._bus.loop.call_soon_threadsafe(self._send, body, buffers)
+            future = self._bus.start_call_packed(self._service, "apply_updates",
+                                                 *batches[-1], timeout_s=SYNC_TIMEOUT_S)
         try:
             future.result()
         except NoSuchService:
@@ -267,9 +260,12 @@ class BusDatasetBackend:
         except (BusError, KeyError, ValueError, TypeError) as exc:
             logger.error("datasets: the master refused dataset updates: %s", exc)
 
-    def _send_later(self, body: bytes, buffers: list[Any]) -> None:
-        self._bus.loop.call_soon_threadsafe(
-            self._bus.bus.client.send_packed, self._service, "apply_updates", body, buffers)
+    def _send(self, body: bytes, buffers: list[Any]) -> None:
+        """Send one batch (bus thread)."""
+        try:
+            self._bus.link.send_packed(self._service, "apply_updates", body, buffers)
+        except BusError as exc:
+            logger.error("datasets: %d bytes of dataset updates lost: %s", len(body), exc)
 
 
 class _Bodies:

@@ -2,15 +2,12 @@
 
 Two threads.  The main thread runs user code (build, prepare, run, analyze): libraries
 that insist on the main thread get it, and a long computation blocks nobody else.  A bus
-thread runs the asyncio loop with the worker's service, its log handler and its client:
+thread runs the worker's connection to the broker (:class:`~.link.WorkerLink`) on a
+small loop of its own (:class:`~.loop.PollLoop`, not asyncio: a fresh process pays for
+every line it runs for the first time), with the log handler and the output capture:
 heartbeats go on while the experiment computes.  Calls from the experiment to the
-master's services (scheduler, datasets, devices) cross from the main thread into the bus
-thread and wait there for the reply.
-
-The worker has one connection to the broker: its service's, which also carries its
-calls and one-way messages (so they leave in the order the experiment made them, and
-before the reply of the stage that made them).  Its publication socket is opened only
-if the experiment publishes (``ccb``).
+master's services (scheduler, datasets, devices) are packed in the main thread, handed to
+the bus thread, and waited for there.
 
 Everything the process writes on file descriptors 1 and 2 (``print``, C libraries,
 tracebacks) becomes log records of source ``worker(RID,FILE)``.
@@ -18,7 +15,6 @@ tracebacks) becomes log records of source ``worker(RID,FILE)``.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import os
@@ -27,44 +23,45 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import zmq
 
 from ..net import BusAddress, CurveClient
-from ..protocol import Liveness
-from ..runtime.bus import BusConnection
+from ..protocol import BusError, pack
 from ..runtime.logs import BusLogHandler
-from ..runtime.service import ServiceHost
 from ..runtime.rpc import rpc, rpc_methods
 from .errors import NotBuilt, RunDeletedWhilePaused
+from .link import WorkerLink
+from .loop import PollLoop
 
-__all__ = ["main", "WorkerBus", "worker_connection", "register"]
+__all__ = ["main", "WorkerBus", "serve_bus"]
 
 logger = logging.getLogger(__name__)
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: A stage job for the main thread: its name, what to call, where the result goes.
-Job = tuple[str, Callable[[], Any], "asyncio.Future[Any]"]
+Job = tuple[str, Callable[[], Any], "concurrent.futures.Future[Any]"]
 
 
 class WorkerBus:
-    """The bus side of a worker: used from the main thread to reach the master."""
+    """The bus side of a worker, for the main thread: what it sends is packed here
+    (a value that cannot be sent raises in the experiment) and handed to the bus
+    thread, in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, bus: BusConnection,
-                 handler: BusLogHandler):
-        self.loop, self.bus, self.log_handler = loop, bus, handler
+    def __init__(self, loop: PollLoop, link: WorkerLink, handler: BusLogHandler):
+        self.loop, self.link, self.log_handler = loop, link, handler
         self.output: _OutputCapture | None = None
         #: Set (on the loop) when the main thread is done: the bus side then stops.
-        self.stopped = asyncio.Event()
+        self.stopped = False
 
     def capture_output(self, forward: Callable[[str, str], None]) -> None:
         """Make fds 1 and 2 log records (from the main thread, before user code)."""
         self.output = _OutputCapture(self.loop, forward, self.log_handler)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.stopped.set)
+        self.loop.call_soon_threadsafe(setattr, self, "stopped", True)
 
     def call(self, service: str, method: str, *args: Any, timeout_s: float | None = None,
              **kwargs: Any) -> Any:
@@ -76,30 +73,43 @@ class WorkerBus:
                    timeout_s: float | None = None,
                    **kwargs: Any) -> "concurrent.futures.Future[Any]":
         """A call whose reply the caller collects later (``.result()``): work can go on
-        meanwhile.  It leaves in its place among the one-way messages sent around it
-        (sent by a plain callback, as :meth:`send` is, not by a task a turn later)."""
+        meanwhile.  It leaves in its place among the one-way messages sent around it."""
+        body, buffers = pack([list(args), kwargs])
+        return self.start_call_packed(service, method, body, buffers, timeout_s=timeout_s)
+
+    def start_call_packed(self, service: str, method: str, body: bytes, buffers: list[Any],
+                          *, timeout_s: float | None = None,
+                          ) -> "concurrent.futures.Future[Any]":
+        """:meth:`start_call` with the body ``[args, kwargs]`` already packed."""
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def request() -> None:
-            if not result.set_running_or_notify_cancel():
-                return  # cancelled before it left
             try:
-                reply = self.bus.client.request(service, method, *args, timeout_s=timeout_s,
-                                                **kwargs)
-            except Exception as exc:
+                self.link.request_packed(service, method, body, buffers, timeout_s=timeout_s,
+                                         future=result)
+            except BusError as exc:
                 result.set_exception(exc)
-                return
-            reply.add_done_callback(lambda done: _pass_on(done, result))
         self.loop.call_soon_threadsafe(request)
         return result
 
     def send(self, service: str, method: str, *args: Any, **kwargs: Any) -> None:
         """A one-way message; messages keep their order."""
-        self.loop.call_soon_threadsafe(
-            lambda: self.bus.client.send(service, method, *args, **kwargs))
+        body, buffers = pack([list(args), kwargs])
+        self.send_packed(service, method, body, buffers)
+
+    def send_packed(self, service: str, method: str, body: bytes, buffers: list[Any]) -> None:
+        """:meth:`send` with the body ``[args, kwargs]`` already packed."""
+        self.loop.call_soon_threadsafe(self._transmit, service, method, body, buffers)
+
+    def _transmit(self, service: str, method: str, body: bytes, buffers: list[Any]) -> None:
+        try:
+            self.link.send_packed(service, method, body, buffers)
+        except BusError as exc:
+            logger.error("worker %s: message to %s.%s lost: %s", self.link.name, service,
+                         method, exc)
 
     def publish(self, frames: list[Any]) -> None:
-        self.loop.call_soon_threadsafe(self.bus.publisher.send, frames)
+        self.loop.call_soon_threadsafe(self.link.publish, frames)
 
     def set_source(self, source: str) -> None:
         self.log_handler.source = source
@@ -107,41 +117,42 @@ class WorkerBus:
 
 class _StageService:
     """The methods the scheduler calls; each hands a job to the main thread at once
-    (not from a task of its own: that would wait a loop turn) and returns the future
-    of its result."""
+    and returns the future of its result (the reply leaves when it is settled)."""
 
     def __init__(self, jobs: "queue.SimpleQueue[Job | None]", runner: Any):
         self._jobs, self._runner = jobs, runner
 
-    def _in_main_thread(self, name: str, job: Callable[[], Any]) -> "asyncio.Future[Any]":
-        future = asyncio.get_running_loop().create_future()
+    def _in_main_thread(self, name: str,
+                        job: Callable[[], Any]) -> "concurrent.futures.Future[Any]":
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((name, job, future))
         return future
 
     @rpc
     def build(self, rid: int, pipeline_name: str, wd: str | None, expid: dict[str, Any],
-              priority: int, device_db: dict[str, Any] | None = None) -> "asyncio.Future[str]":
+              priority: int, device_db: dict[str, Any] | None = None,
+              ) -> "concurrent.futures.Future[str]":
         return self._in_main_thread(
             "build", lambda: self._runner.build(rid, pipeline_name, wd, expid, priority,
                                                 device_db))
 
     @rpc
-    def prepare(self) -> "asyncio.Future[None]":
+    def prepare(self) -> "concurrent.futures.Future[None]":
         return self._in_main_thread("prepare", self._runner.prepare)
 
     @rpc
-    def run(self) -> "asyncio.Future[None]":
+    def run(self) -> "concurrent.futures.Future[None]":
         return self._in_main_thread("run", self._runner.run)
 
     @rpc
-    def analyze(self) -> "asyncio.Future[None]":
+    def analyze(self) -> "concurrent.futures.Future[None]":
         """The last stage: the worker ends once it is over, without a ``terminate``."""
         future = self._in_main_thread("analyze", self._runner.analyze)
         self._jobs.put(None)
         return future
 
     @rpc
-    def examine(self, file: str) -> "asyncio.Future[dict[str, Any]]":
+    def examine(self, file: str) -> "concurrent.futures.Future[dict[str, Any]]":
         return self._in_main_thread("examine", lambda: self._runner.examine(file))
 
     @rpc
@@ -171,8 +182,8 @@ class _OutputCapture:
 
     _STREAMS = ((1, "print"), (2, "stderr"))
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 forward: Callable[[str, str], None], handler: BusLogHandler):
+    def __init__(self, loop: PollLoop, forward: Callable[[str, str], None],
+                 handler: BusLogHandler):
         self._loop, self._forward, self._handler = loop, forward, handler
         self._partial: dict[int, bytes] = {}
         self._names: dict[int, str] = {}
@@ -238,70 +249,63 @@ class _OutputCapture:
                 self._partial[fd] += chunk
 
 
-def worker_connection(context: zmq.Context, config: dict[str, Any], service: str,
-                      methods: dict[str, Callable[..., Any]]) -> tuple[BusConnection,
-                                                                       ServiceHost]:
-    """A worker's connection to the broker of ``config`` and its service host (not
-    started).  An experiment may hold the GIL for minutes (a long C call): the host's
-    heartbeats then stop, but the process is alive and its connection too, so the
-    broker judges it by the connection."""
+def serve_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, Any],
+              methods: dict[str, Callable[..., Any]],
+              on_registered: Callable[[WorkerLink], None] | None = None,
+              register_timeout_s: float = _REGISTER_TIMEOUT_S) -> bool:
+    """The bus thread: connect to the broker of ``config`` as service
+    ``config["service"]`` with ``methods``, hand the main thread its
+    :class:`WorkerBus` through ``ready``, serve until it stops the bus side, then
+    deliver what is left (output, log records, publications) and say ``BYE``.  False
+    when the broker was lost first (the master is gone: nobody will use this worker
+    again)."""
+    loop = PollLoop()
+    context = zmq.Context()
     curve = CurveClient.from_wire(config["curve"]) if config.get("curve") else None
-    bus = BusConnection(context, BusAddress(**config["broker"]), curve)
-    host = bus.service(service, methods, reconnect=False, liveness_by=Liveness.CONNECTION)
-    return bus, host
-
-
-async def register(bus: BusConnection, host: ServiceHost, timeout_s: float) -> None:
-    """Start ``host`` and ``bus`` (its calls on the host's connection: one connection for
-    all) and wait until the broker has registered the service."""
-    await host.start()
-    await bus.start(sharing=host)
-    async with asyncio.timeout(timeout_s):
-        await host.registered.wait()
+    link = WorkerLink(loop, context, BusAddress(**config["broker"]), config["service"],
+                      methods, curve=curve)
+    linger_ms = 0
+    try:
+        link.connect()
+        if not loop.run_until(lambda: link.registered or link.ended, register_timeout_s):
+            raise TimeoutError(f"worker {link.name}: not registered with the broker at "
+                               f"{config['broker']['control']} within "
+                               f"{register_timeout_s:g} s")
+        if on_registered is not None:
+            on_registered(link)
+        bus = WorkerBus(loop, link, BusLogHandler(link, "worker", loop=loop))
+        ready.set_result(bus)
+        loop.run_until(lambda: bus.stopped or link.ended)
+        if link.ended:
+            return False
+        if bus.output is not None:
+            bus.output.drain()
+        # Within main()'s 5 s wait for this thread: the last records go out first.
+        bus.log_handler.flush()
+        loop.run_until(lambda: bus.log_handler.idle or link.ended, 3.0)
+        loop.run_until(lambda: not link.publications_held or link.ended, 1.0)
+        link.leave()
+        linger_ms = _BYE_LINGER_MS  # ZeroMQ puts it on the wire before the exit
+        return True
+    except BaseException as exc:
+        if not ready.done():
+            ready.set_exception(exc)
+        raise
+    finally:
+        context.destroy(linger=linger_ms)
+        loop.close()
 
 
 def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, Any],
              jobs: "queue.SimpleQueue[Job | None]", runner: Any) -> None:
-    async def serve() -> None:
-        context = zmq.Context()
-        bus, host = worker_connection(context, config, config["service"],
-                                      rpc_methods(_StageService(jobs, runner)))
-        try:
-            await register(bus, host, _REGISTER_TIMEOUT_S)
-            handler = BusLogHandler(bus.client, "worker")
-            bus.client.send("workers", "ready", config["service"], os.getpid())
-            worker_bus = WorkerBus(asyncio.get_running_loop(), bus, handler)
-            ready.set_result(worker_bus)
-            stop = asyncio.ensure_future(worker_bus.stopped.wait())
-            ended = asyncio.ensure_future(host.ended.wait())
-            await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if ended.done():  # the master is gone: nobody will use this worker again
-                os._exit(1)
-            if worker_bus.output is not None:
-                worker_bus.output.drain()
-            # Within main()'s 5 s wait for this thread: the last records go out first.
-            await handler.drained(timeout_s=3.0)
-            await bus.publisher.drained(timeout_s=1.0)
-            _leave(host, context)
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
-        finally:
-            await host.stop()
-            await bus.stop()
-            context.destroy(linger=0)
-    asyncio.run(serve())
-
-
-def _leave(host: ServiceHost, context: zmq.Context) -> NoReturn:
-    """End the process, its work done and its last records answered: say ``BYE``, let
-    ZeroMQ put it on the wire, exit.  Tearing down the loop, its tasks, the sockets and
-    the context in order would cost a tenth of an empty run's CPU, for memory and file
-    descriptors the kernel frees anyway."""
-    host.leave()
-    context.destroy(linger=_BYE_LINGER_MS)
-    os._exit(0)
+    """The worker's bus thread; it ends the process when it is done.  Its work done
+    and its last records answered, nothing is torn down: the kernel frees memory and
+    file descriptors, and tearing down in order would cost a tenth of an empty run's
+    CPU."""
+    def announce(link: WorkerLink) -> None:
+        link.send("workers", "ready", link.name, os.getpid())
+    delivered = serve_bus(ready, config, rpc_methods(_StageService(jobs, runner)), announce)
+    os._exit(0 if delivered else 1)
 
 
 def main(config: dict[str, Any]) -> int:
@@ -338,7 +342,11 @@ def main(config: dict[str, Any]) -> int:
             logger.error("%s() failed:\n%s", name, user_traceback(exc))
             error = exc
         runner.flush_datasets()  # the stage's dataset updates arrive before its reply
-        worker_bus.loop.call_soon_threadsafe(_settle, future, error, result)
+        if error is None:
+            future.set_result(result)
+        else:  # not an Exception (SystemExit, ...): the caller still gets an error
+            future.set_exception(error if isinstance(error, Exception)
+                                 else RuntimeError(repr(error)))
     runner.close()
     worker_bus.stop()
     bus_thread.join(5.0)
@@ -351,22 +359,3 @@ def user_traceback(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
-
-
-def _pass_on(reply: "asyncio.Future[Any]", result: "concurrent.futures.Future[Any]") -> None:
-    """A reply's outcome, on to the thread that waits for it."""
-    if reply.cancelled():
-        result.set_exception(concurrent.futures.CancelledError())
-    elif (error := reply.exception()) is not None:
-        result.set_exception(error)
-    else:
-        result.set_result(reply.result())
-
-
-def _settle(future: "asyncio.Future[Any]", error: BaseException | None, result: Any) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error if isinstance(error, Exception) else RuntimeError(repr(error)))
-    else:
-        future.set_result(result)

@@ -18,16 +18,13 @@ with its ZeroMQ context destroyed and its thread joined: it forks holding neithe
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
 import types
 from typing import Any
 
-import zmq
-
-from ..runtime.logs import BusLogHandler
 from ..runtime.rpc import rpc, rpc_methods
 from .arguments import ProcessArgumentManager
 from .datasets import DatasetManager, LocalDatasetBackend
@@ -89,42 +86,40 @@ def warm_up(bus_config: dict[str, Any] | None, rounds: int = ZYGOTE_ROUNDS) -> N
 
 class _Echo:
     @rpc
-    async def echo(self, value: Any) -> Any:
-        await asyncio.sleep(0)  # answered by a task, as a worker's stages are
-        return value
+    def echo(self, value: Any) -> "concurrent.futures.Future[Any]":
+        """Answered through a future, as a worker's stages are."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_result(value)
+        return future
 
 
 def _rehearse_bus(config: dict[str, Any]) -> bool:
-    """One bus round in a thread of its own, as a worker's bus side runs; whether it
-    went through."""
-    outcome: list[bool] = []
-    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(_bus_round(config))),
-                              name="rehearsal-bus")
-    thread.start()
-    thread.join()  # every step inside is bounded
-    return outcome == [True]
+    """One bus round: a bus thread as a worker's, and calls from this thread through
+    it; whether it went through."""
+    from .process import serve_bus  # imports this module
 
-
-async def _bus_round(config: dict[str, Any]) -> bool:
-    from .process import register, worker_connection  # imports this module
-
-    context = zmq.Context()
     name = f"rehearsal.{os.getpid()}"
-    bus, host = worker_connection(context, config, name, rpc_methods(_Echo()))
-    try:
-        await register(bus, host, _BUS_STEP_S)
+    ready: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def bus_thread() -> None:
         try:
-            handler = BusLogHandler(bus.client, "rehearsal")
+            serve_bus(ready, {**config, "service": name}, rpc_methods(_Echo()),
+                      register_timeout_s=_BUS_STEP_S)
+        except Exception:  # noqa: BLE001 (``ready`` carries it to the caller)
+            pass
+    thread = threading.Thread(target=bus_thread, name="rehearsal-bus")
+    thread.start()
+    try:
+        bus = ready.result(timeout=_BUS_STEP_S + 1.0)
+        try:
             for value in ("a", 1, {"b": [1.5]}):
-                await bus.client.call(name, "echo", value, timeout_s=_BUS_STEP_S)
-            bus.client.send(name, "ping")
-            await handler.drained(timeout_s=_BUS_STEP_S)
+                bus.call(name, "echo", value, timeout_s=_BUS_STEP_S)
+            bus.send(name, "ping")
         finally:
-            await bus.stop()
+            bus.stop()
         return True
     except Exception as exc:  # noqa: BLE001 (a rehearsal must never stop the zygote)
         logger.debug("bus rehearsal failed: %s: %s", type(exc).__name__, exc)
         return False
     finally:
-        await host.stop()
-        context.destroy(linger=0)
+        thread.join()  # every step inside is bounded

@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,7 @@ class PollLoop:
         os.set_blocking(self._wake_write, False)
         self._poller.register(self._wake_read, _POLLIN)
         self._woken = False
+        self._wake_lock = threading.Lock()
         self._closed = False
 
     # -- asyncio's names, for the code that runs on either loop --------------------------
@@ -89,11 +91,16 @@ class PollLoop:
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
         self._ready.append((callback, args))
         if not self._woken:
-            self._woken = True
-            try:
-                os.write(self._wake_write, b"\0")
-            except (BlockingIOError, OSError):
-                pass  # full (the loop is behind and will look anyway) or closed
+            # Under the lock only here, once per wake-up: never a write to a closed
+            # pipe, whose descriptor number may already be another file's.
+            with self._wake_lock:
+                if self._woken or self._closed:
+                    return
+                self._woken = True
+                try:
+                    os.write(self._wake_write, b"\0")
+                except BlockingIOError:
+                    pass  # full: the loop is behind and will look anyway
 
     def call_later(self, delay_s: float, callback: Callable[..., Any], *args: Any) -> Timer:
         timer = Timer(self, time.monotonic() + delay_s, next(self._order), callback, args)
@@ -135,10 +142,12 @@ class PollLoop:
         return True
 
     def close(self) -> None:
-        """Close the wake-up pipe: nothing can wake this loop any more."""
-        self._closed = True
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        """Close the wake-up pipe: nothing can wake this loop any more (and what is
+        handed over from now on is never run)."""
+        with self._wake_lock:
+            self._closed = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
     def _run_once(self, limit_s: float) -> None:
         """Wait for input, a timer or a hand-over (at most ``limit_s``), then run what

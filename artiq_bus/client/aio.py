@@ -3,10 +3,6 @@
 Replies are matched to callers by request id.  When the connection to the broker drops,
 every call in flight fails at once with :class:`Unavailable`; ZeroMQ reconnects by
 itself and later calls go through when the broker is back.
-
-``AsyncClient.over(host)`` makes its calls on a started service host's connection
-instead of a socket of its own (docs/protocol.md §3.4): a process with one service (a
-worker) then opens one connection, not two.
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 
@@ -23,26 +19,11 @@ from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames,
 from ..protocol import (Command, DeadlineExceeded, Overloaded, ProtocolError, Unavailable,
                         message_envelope, pack, reply_result, request_envelope, split_command)
 
-__all__ = ["AsyncClient", "ServiceProxy", "Carrier", "DEFAULT_TIMEOUT_S"]
+__all__ = ["AsyncClient", "ServiceProxy", "DEFAULT_TIMEOUT_S"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
-
-
-class Carrier(Protocol):
-    """A connection a client can call on instead of its own socket: a started
-    :class:`~artiq_bus.runtime.service.ServiceHost`.  It hands the client every ``REP``
-    it receives and tells it when its connection is made or lost."""
-
-    @property
-    def address(self) -> BusAddress: ...
-
-    def attach_caller(self, caller: "AsyncClient") -> None: ...
-
-    def detach_caller(self, caller: "AsyncClient") -> None: ...
-
-    def send_as_caller(self, frames: Sequence[Any]) -> None: ...
 
 
 def _not_started(frames: Sequence[Any]) -> None:
@@ -56,8 +37,7 @@ class AsyncClient:
                  curve: CurveClient | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.address = address
         self.timeout_s = timeout_s
-        #: None: the process's shared context, made when first needed (a client
-        #: over a carrier needs none).
+        #: None: the process's shared context, made when first needed.
         self._context = context
         self._curve = curve
         self._ids = itertools.count(1)
@@ -65,30 +45,14 @@ class AsyncClient:
         self._sock: zmq.Socket | None = None
         self._reader: SocketReader | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        #: Where requests go: this client's socket, a carrier's, or nowhere (stopped).
+        #: Where requests go: this client's socket, or nowhere (not started, stopped).
         self._transmit: Callable[[Sequence[Any]], None] = _not_started
-        self._carrier: Carrier | None = None
         self.connected = asyncio.Event()
         #: Replies dropped: malformed, or for no call in flight (late, or never made).
         self.bad_replies = 0
         self.unmatched_replies = 0
 
-    @classmethod
-    def over(cls, carrier: Carrier, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> "AsyncClient":
-        """A client that calls on ``carrier``'s connection (no socket of its own).
-
-        Calls in flight fail with :class:`Unavailable` when the carrier's connection is
-        lost, ends or is replaced; :meth:`stop` leaves the carrier running.
-        """
-        client = cls(carrier.address, timeout_s=timeout_s)
-        client._carrier = carrier
-        return client
-
     async def start(self) -> None:
-        if self._carrier is not None:
-            self._carrier.attach_caller(self)
-            self._transmit = self._carrier.send_as_caller
-            return
         context = self._context or zmq.Context.instance()
         sock = configure(context.socket(zmq.DEALER), sndhwm=100_000, rcvhwm=100_000)
         if self._curve is not None:
@@ -106,8 +70,6 @@ class AsyncClient:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_all(Unavailable("client stopped"))
-        if self._carrier is not None:
-            self._carrier.detach_caller(self)  # the carrier's connection is not ours
         if self._reader is not None:
             self._reader.close()
         if self._sock is not None:
@@ -218,13 +180,12 @@ class AsyncClient:
             self._bad_reply(str(exc))
             return
         if command is Command.REPLY:
-            self.receive_reply(rest)
+            self._receive_reply(rest)
         else:
             self._bad_reply(f"unexpected {command.name} from the broker")
 
-    def receive_reply(self, rest: Sequence[Any]) -> None:
-        """A ``REP`` (its frames after the command): settle the call it answers.  From
-        this client's reader, or from the carrier it calls on."""
+    def _receive_reply(self, rest: Sequence[Any]) -> None:
+        """A ``REP`` (its frames after the command): settle the call it answers."""
         if len(rest) < 3:
             self._bad_reply(f"REP with {len(rest)} frames")
             return
@@ -245,21 +206,13 @@ class AsyncClient:
         self.bad_replies += 1
         logger.warning("client: dropping malformed reply from broker: %s", why)
 
-    def connection_made(self) -> None:
-        """The carrier reached the broker."""
-        self.connected.set()
-
-    def connection_lost(self, error: Exception) -> None:
-        """The connection the calls in flight were sent on is gone: they fail now."""
-        self.connected.clear()
-        self._fail_all(error)
-
     def _on_connection_event(self, event: int) -> None:
         """Fail calls in flight as soon as the connection drops."""
         if event == zmq.EVENT_CONNECTED:
-            self.connection_made()
+            self.connected.set()
         elif event == zmq.EVENT_DISCONNECTED:
-            self.connection_lost(Unavailable(
+            self.connected.clear()
+            self._fail_all(Unavailable(
                 f"connection to the broker at {self.address.control} lost"))
 
     def _fail_all(self, exc: Exception) -> None:

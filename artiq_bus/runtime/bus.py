@@ -2,9 +2,8 @@
 keys, a client for calls, a publisher for publications.
 
 Nodes (``artiq_bus.nodes``) take a started :class:`BusConnection`; the same node class
-runs inside the master (``inproc://`` endpoints) or alone on another host (TCP).  A
-process with a single service (a worker) starts its connection on that service's host
-instead: one connection to the broker, not three (see :meth:`BusConnection.start`).
+runs inside the master (``inproc://`` endpoints) or alone on another host (TCP).
+(Workers do not: their one connection is :class:`artiq_bus.worker.link.WorkerLink`.)
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from ..net import BusAddress, CurveClient
 from ..protocol import Liveness
 from .rpc import LocalBroker
 from .service import ServiceHost
-from .structs import LazyPublisher, Publisher
+from .structs import Publisher
 
 __all__ = ["BusConnection", "BusNode"]
 
@@ -35,24 +34,12 @@ class BusConnection:
     #: The broker, when it runs in this process: services then skip the socket.
     local: LocalBroker | None = None
     client: AsyncClient = dataclasses.field(init=False)
-    publisher: Publisher | LazyPublisher = dataclasses.field(init=False)
+    publisher: Publisher = dataclasses.field(init=False)
 
-    async def start(self, *, sharing: ServiceHost | None = None) -> None:
-        """Connect a client and a publisher.
-
-        With ``sharing`` (a started host of this connection's broker), the client calls
-        on that host's connection and the publisher connects at its first publication:
-        the process then opens one connection instead of three, and its calls, one-way
-        messages and replies travel in one order.  Calls can be made once the host is
-        connected (registered, to be sure), and fail with ``Unavailable`` when its
-        connection is lost or stopped.
-        """
-        if sharing is None:
-            self.client = AsyncClient(self.address, context=self.context, curve=self.curve)
-            self.publisher = Publisher(self.context, self.address.publish, self.curve)
-        else:
-            self.client = AsyncClient.over(sharing)
-            self.publisher = LazyPublisher(self.context, self.address.publish, self.curve)
+    async def start(self) -> None:
+        """Connect a client and a publisher."""
+        self.client = AsyncClient(self.address, context=self.context, curve=self.curve)
+        self.publisher = Publisher(self.context, self.address.publish, self.curve)
         await self.client.start()
 
     async def stop(self) -> None:

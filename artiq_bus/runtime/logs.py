@@ -91,7 +91,6 @@ class BusLogHandler(logging.Handler):
         self._in_flight = 0
         #: Called (on the loop) once the handler is no longer backlogged.
         self._on_room: list[Callable[[], None]] = []
-        self._on_idle: list[Callable[[], None]] = []
 
     @property
     def backlogged(self) -> bool:
@@ -110,20 +109,6 @@ class BusLogHandler(logging.Handler):
     def idle(self) -> bool:
         """Whether every record handed over has been answered for (read on the loop)."""
         return not self._queue and not self._in_flight
-
-    async def drained(self, timeout_s: float = EMIT_TIMEOUT_S) -> None:
-        """Wait (at most ``timeout_s``) until every queued record has been answered for
-        (on an asyncio loop)."""
-        self._flush()
-        if self.idle:
-            return
-        idle = asyncio.get_running_loop().create_future()
-        self._on_idle.append(lambda: idle.done() or idle.set_result(None))
-        try:
-            async with asyncio.timeout(timeout_s):
-                await idle
-        except TimeoutError:
-            pass  # what is still queued counts as dropped when its call fails
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._sending, "active", False):
@@ -168,10 +153,6 @@ class BusLogHandler(logging.Handler):
             reply.add_done_callback(functools.partial(self._answered, count=len(records)))
         if not self.backlogged and self._on_room:
             callbacks, self._on_room = self._on_room, []
-            for callback in callbacks:
-                callback()
-        if self._on_idle and self.idle:
-            callbacks, self._on_idle = self._on_idle, []
             for callback in callbacks:
                 callback()
 

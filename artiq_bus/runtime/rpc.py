@@ -1,8 +1,7 @@
 """What a service host agrees on with its service and its peers: the methods it serves
 (marked with :func:`rpc` or :func:`packed_rpc`; :class:`~.service.ServiceHost` declares
 to the broker, and calls, only those), how their arguments are decoded, and the
-interfaces of a broker in the same process and of a caller sharing the host's
-connection.
+interface of a broker in the same process.
 """
 
 from __future__ import annotations
@@ -12,8 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..protocol import ProtocolError, unpack
 
-__all__ = ["rpc", "packed_rpc", "rpc_methods", "decode_arguments", "LocalBroker",
-           "ReplyReceiver"]
+__all__ = ["rpc", "packed_rpc", "rpc_methods", "decode_arguments", "LocalBroker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,17 +60,3 @@ class LocalBroker(Protocol):
     def detach_local(self, identity: bytes) -> None: ...
 
     def receive_local(self, identity: bytes, frames: Sequence[Any]) -> None: ...
-
-
-class ReplyReceiver(Protocol):
-    """A caller that shares a host's connection (``AsyncClient.over``)."""
-
-    def receive_reply(self, rest: Sequence[Any]) -> None:
-        """A ``REP`` message: its frames after the command."""
-
-    def connection_made(self) -> None:
-        """The host is registered: the broker is reachable on its connection."""
-
-    def connection_lost(self, error: Exception) -> None:
-        """The host's connection is gone (lost, ended or stopped): no reply will come
-        for what was sent on it."""

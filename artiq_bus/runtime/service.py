@@ -5,10 +5,6 @@ those methods (and ``ping``) are declared to the broker and callable from the wi
 Methods may be plain functions (run at once on the loop: keep them quick) or coroutines
 (run as tasks, so many requests are served concurrently).  Arguments arrive as the body
 ``[args, kwargs]``; the return value is the reply; an exception becomes an error reply.
-
-A host's connection may also carry the process's own calls (docs/protocol.md §3.4):
-``AsyncClient.over(host)`` sends on the host's socket and gets its ``REP`` messages
-from it: one connection to set up instead of two, and one order for everything sent.
 """
 
 from __future__ import annotations
@@ -25,10 +21,9 @@ from typing import Any
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
-from ..protocol import (VERSION, Command, Liveness, NoSuchMethod, Overloaded, ProtocolError,
-                        Unavailable, check_name, register_envelope, reply_envelope,
-                        split_command)
-from .rpc import LocalBroker, ReplyReceiver, decode_arguments
+from ..protocol import (VERSION, Command, Liveness, NoSuchMethod, ProtocolError, check_name,
+                        register_envelope, reply_envelope, split_command)
+from .rpc import LocalBroker, decode_arguments
 
 __all__ = ["ServiceHost"]
 
@@ -94,8 +89,6 @@ class ServiceHost:
         #: without ``reconnect``.
         self.ended = asyncio.Event()
         self._local_identity = b""
-        #: The caller sharing this connection, if any.
-        self._caller: ReplyReceiver | None = None
 
     @property
     def address(self) -> BusAddress:
@@ -114,39 +107,12 @@ class ServiceHost:
         if self._local is not None and self._local_identity:
             self._local.detach_local(self._local_identity)
             self._local_identity = b""
-            self._connection_lost()
 
     def leave(self) -> None:
         """Say ``BYE`` (this service stops) and nothing more: :meth:`stop` also tears
         the connection down; a process about to exit leaves that to the kernel."""
         if self._sock is not None or self._local_identity:
             self._send([VERSION, Command.BYE.value])
-
-    # -- a caller sharing the connection ------------------------------------------------
-
-    def attach_caller(self, caller: ReplyReceiver) -> None:
-        """Hand ``REP`` messages on this connection to ``caller`` (one at most)."""
-        if self._caller is not None and self._caller is not caller:
-            raise RuntimeError(f"service {self.name}: a caller is already attached")
-        self._caller = caller
-        if self.registered.is_set():
-            caller.connection_made()
-
-    def detach_caller(self, caller: ReplyReceiver) -> None:
-        if self._caller is caller:
-            self._caller = None
-
-    def send_as_caller(self, frames: Sequence[Any]) -> None:
-        """Send a caller's ``REQ`` or ``MSG`` on this connection.  Raises
-        :class:`Unavailable` without one (not yet connected: the host connects on the
-        loop's next turn after :meth:`start`; ended, stopped, or dropped after the
-        broker's ``BYE``), :class:`Overloaded` when its queue is full."""
-        if (self._bye is None or self._bye.done()
-                or (self._sock is None and not self._local_identity)):
-            raise Unavailable(f"service {self.name}: no connection to the broker")
-        self._send(frames, caller=True)
-        if self._reader is not None:
-            self._reader.after_send()
 
     # -- connection -------------------------------------------------------------------
 
@@ -168,20 +134,12 @@ class ServiceHost:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            self._connection_lost()
-
-    def _connection_lost(self) -> None:
-        """Replies to what the caller sent on the closed connection will never come."""
-        if self._caller is not None:
-            self._caller.connection_lost(Unavailable(
-                f"service {self.name}: connection to the broker at "
-                f"{self._address.control} closed"))
 
     def _register(self) -> None:
         self._send(register_envelope(self.name, self._methods, self._liveness_by))
         self._last_heard = time.monotonic()
 
-    def _send(self, frames: Sequence[Any], *, caller: bool = False) -> None:
+    def _send(self, frames: Sequence[Any]) -> None:
         if self._local_identity:
             assert self._local is not None
             self._local.receive_local(self._local_identity, frames)
@@ -189,8 +147,6 @@ class ServiceHost:
         try:
             send_frames(self._sock, frames)  # type: ignore[arg-type]
         except zmq.Again:
-            if caller:  # the caller's call fails; what the host sends is only dropped
-                raise Overloaded("too many messages queued for the broker") from None
             logger.warning("service %s: broker queue full, message dropped", self.name)
 
     async def _run(self) -> None:
@@ -227,7 +183,6 @@ class ServiceHost:
         if await self._bye:
             logger.warning("service %s: another peer took this service over; "
                            "no longer serving it", self.name)
-        self._connection_lost()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -283,12 +238,8 @@ class ServiceHost:
             self._dispatch(method, rest[4], rest[5:], (caller, request_id))
         elif command is Command.MESSAGE and len(rest) >= 3:
             self._dispatch(_as_bytes(rest[1]), rest[2], rest[3:], None)
-        elif command is Command.REPLY and self._caller is not None:
-            self._caller.receive_reply(rest)
         elif command is Command.ACK:
             self.registered.set()
-            if self._caller is not None:
-                self._caller.connection_made()
             if self._lost_at is not None:
                 logger.info("service %s: registered again after %.1f s without a broker",
                             self.name, time.monotonic() - self._lost_at)

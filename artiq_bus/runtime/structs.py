@@ -17,7 +17,6 @@ struct's values itself must do the same (:func:`~artiq_bus.protocol.updates.thaw
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import random
@@ -26,12 +25,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..net import CurveClient, SocketReader, configure, send_frames
+from ..net import CurveClient, configure, send_frames
 from ..protocol import (VERSION, ProtocolError, apply_update, control_topic, filter_level,
                         freeze_buffers, levels, msgpack_array_header, pack, pack_into,
                         struct_topic, top_key, updates)
 
-__all__ = ["Publisher", "LazyPublisher", "StructOwner", "struct_methods", "MAX_GROUP_BYTES"]
+__all__ = ["Publisher", "StructOwner", "struct_methods", "MAX_GROUP_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,88 +57,8 @@ class Publisher:
         except zmq.Again:
             self.dropped += 1
 
-    async def drained(self, timeout_s: float) -> None:
-        """Nothing to wait for: every publication is handed to ZeroMQ at once."""
-
     def close(self) -> None:
         self._sock.close()
-
-
-class LazyPublisher:
-    """A :class:`Publisher` that connects at its first publication: for a process that
-    seldom publishes (a worker), which then does not pay for a connection it never uses.
-
-    A PUB socket drops what it sends before the broker's subscription reaches it (a
-    fresh connection's first messages would be lost), so this connects an XPUB instead,
-    which receives that subscription, and holds publications back until it has.
-    """
-
-    def __init__(self, context: zmq.Context, endpoint: str, curve: CurveClient | None = None,
-                 hwm: int = 100_000):
-        self._context, self._endpoint, self._curve, self._hwm = context, endpoint, curve, hwm
-        self._sock: zmq.Socket | None = None
-        self._reader: SocketReader | None = None
-        #: Publications waiting for the broker's subscription (None once it came).
-        self._held: collections.deque[list[Any]] | None = collections.deque()
-        self._subscribed = asyncio.Event()
-        self._closed = False
-        self.dropped = 0
-
-    def send(self, frames: list[Any]) -> None:
-        """Publish (on the loop's thread)."""
-        if self._held is None:
-            self._send(frames)
-            return
-        if self._sock is None and not self._closed:
-            self._connect()
-        if len(self._held) >= self._hwm or self._closed:
-            self.dropped += 1
-        else:
-            self._held.append(frames)
-
-    def _connect(self) -> None:
-        sock = configure(self._context.socket(zmq.XPUB), sndhwm=self._hwm)
-        if self._curve is not None:
-            self._curve.apply(sock)
-        sock.connect(self._endpoint)
-        self._sock = sock
-        self._reader = SocketReader(sock, on_message=self._on_subscription)
-
-    def _on_subscription(self, frames: list[Any]) -> None:
-        """The broker subscribes to everything (``\\x01``): what was held goes now."""
-        if self._held is None or frames[0].bytes[:1] != b"\x01":
-            return  # a repeat after a reconnection, or an unsubscription
-        held, self._held = self._held, None
-        for message in held:
-            self._send(message)
-        self._subscribed.set()
-
-    def _send(self, frames: list[Any]) -> None:
-        if self._sock is None or self._reader is None:  # closed
-            self.dropped += 1
-            return
-        try:
-            send_frames(self._sock, frames)
-        except zmq.Again:
-            self.dropped += 1
-        self._reader.after_send()
-
-    async def drained(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until held publications are handed to ZeroMQ."""
-        if self._held:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._subscribed.wait()
-            except TimeoutError:
-                pass  # still held: dropped at close
-
-    def close(self) -> None:
-        self._closed = True
-        if self._reader is not None:
-            self._reader.close()
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = self._reader = None
 
 
 @dataclasses.dataclass
@@ -156,7 +75,7 @@ class _Pending:
 class StructOwner:
     """The one owner of a replicated struct (a dict with ``str`` or ``int`` root keys)."""
 
-    def __init__(self, name: str, publisher: Publisher | LazyPublisher,
+    def __init__(self, name: str, publisher: Publisher,
                  initial: dict[Any, Any] | None = None, heartbeat_interval_s: float = 1.0):
         self.name = name
         self.data: dict[Any, Any] = dict(initial or {})

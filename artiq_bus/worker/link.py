@@ -120,11 +120,14 @@ class WorkerLink:
         """:meth:`request` with the body ``[args, kwargs]`` already packed; the reply
         settles ``future`` if given (a caller in another thread made it)."""
         timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+        if future is None:
+            future = concurrent.futures.Future()
+        # From now on its caller cannot cancel it: only this link settles it.
+        if not future.set_running_or_notify_cancel():
+            return future  # cancelled before it left: not sent
         request_id = next(self._ids).to_bytes(8, "big")
         self._send_as_caller(request_envelope(request_id, service, method, timeout_s, body,
                                               buffers))
-        if future is None:
-            future = concurrent.futures.Future()
         timer = self._loop.call_later(timeout_s, self._expire, request_id,
                                       f"{service}.{method}", timeout_s)
         self._pending[request_id] = (future, timer)
@@ -213,7 +216,8 @@ class WorkerLink:
 
     def _answer_future(self, reply_to: tuple[bytes, bytes] | None,
                        future: "concurrent.futures.Future[Any]") -> None:
-        error = future.exception()
+        error = (concurrent.futures.CancelledError("the method's result was cancelled")
+                 if future.cancelled() else future.exception())
         self._answer(reply_to, None if error is not None else future.result(), error)
 
     def _answer(self, reply_to: tuple[bytes, bytes] | None, result: Any,
@@ -236,7 +240,10 @@ class WorkerLink:
         timer.cancel()
         try:
             value = reply_result(rest)
-        except Exception as exc:  # the error it carries, or a malformed body
+        except ProtocolError as exc:  # malformed: its call fails, and it counts
+            self.bad_messages += 1
+            future.set_exception(exc)
+        except Exception as exc:  # the error it carries
             future.set_exception(exc)
         else:
             future.set_result(value)

@@ -310,7 +310,7 @@ def _run_bus(ready: "concurrent.futures.Future[WorkerBus]", config: dict[str, An
 
 def main(config: dict[str, Any]) -> int:
     """Run a worker until its last stage (analyze) or a ``terminate``; the exit code
-    (when the bus side does not end the process first, see :func:`_leave`)."""
+    (when the bus side does not end the process first, see :func:`_run_bus`)."""
     from .experiment import ExperimentRunner, set_log_level  # user-facing: imported here
     from .warmup import rehearse_build
 

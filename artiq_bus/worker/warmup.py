@@ -112,13 +112,13 @@ def _rehearse_bus(config: dict[str, Any]) -> bool:
     try:
         bus = ready.result(timeout=_BUS_STEP_S + 1.0)
         try:
+            bus.send(name, "ping")  # first: it arrives before the calls, not after BYE
             for value in ("a", 1, {"b": [1.5]}):
                 # Bounded here too: if the broker goes, the bus thread ends, and a call
                 # handed to it then is never sent (a worker ends with its bus thread;
                 # the zygote must not wait for good).
                 bus.start_call(name, "echo", value, timeout_s=_BUS_STEP_S).result(
                     timeout=_BUS_STEP_S)
-            bus.send(name, "ping")
         finally:
             bus.stop()
         return True

@@ -5,6 +5,7 @@ process and to services behind a socket."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -168,3 +169,19 @@ def test_stop_fails_calls_in_flight_and_later_ones(context: zmq.Context) -> None
 
 def test_a_service_that_leaves_fails_its_calls(context: zmq.Context) -> None:
     run_bounded(_service_leaves(context))
+
+
+def test_a_stopped_broker_leaves_its_context_free_to_terminate() -> None:
+    """``Broker.stop`` closes every socket the broker made, its publication pair too:
+    the context's ``term()``, which waits for every open socket, then returns."""
+    context = zmq.Context()
+
+    async def start_and_stop() -> None:
+        broker = Broker(context, FAST_BROKER)
+        await broker.start()
+        await broker.stop()
+    run_bounded(start_and_stop())
+    term = threading.Thread(target=context.term, daemon=True)
+    term.start()
+    term.join(5.0)
+    assert not term.is_alive(), "a socket of the stopped broker is still open"

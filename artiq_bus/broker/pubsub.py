@@ -33,7 +33,8 @@ _SYNC_PREFIX = b"\x01sync\x00"
 
 
 class PublicationProxy:
-    """Owns the XSUB/XPUB pair, the proxy thread and the subscription-probe answerer."""
+    """Owns the XSUB/XPUB pair (closed by :meth:`stop`), the proxy thread and the
+    subscription-probe answerer."""
 
     def __init__(self, context: zmq.Context, xsub: zmq.Socket, xpub: zmq.Socket):
         self._context = context
@@ -92,3 +93,12 @@ class PublicationProxy:
             self._control.close()
         if self._prober is not None:
             self._prober.close()
+        if self._thread is None or not self._thread.is_alive():
+            # The pair is the proxy's: closed once its thread is done with them (a
+            # socket must not be closed under a thread that uses it), or the context's
+            # term() would wait for them for ever.
+            self._xsub.close()
+            self._xpub.close()
+        else:
+            logger.error("publication proxy: thread still running 5 s after TERMINATE; "
+                         "its sockets are left open")

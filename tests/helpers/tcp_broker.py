@@ -39,12 +39,7 @@ def tcp_config(control_port: int = 0, heartbeat_interval_s: float = HEARTBEAT_S)
 
 
 class TcpBroker:
-    """A broker on loopback TCP with a ZeroMQ context of its own.
-
-    ``Broker.stop`` leaves its publication sockets for its context to close: a broker
-    dropped while its context lives warns about them (an error in these tests), and the
-    context's ``term`` then waits for them for ever.  So the context goes with it.
-    """
+    """A broker on loopback TCP with a ZeroMQ context of its own, which goes with it."""
 
     def __init__(self, control_port: int = 0, heartbeat_interval_s: float = HEARTBEAT_S):
         self._context = zmq.Context()

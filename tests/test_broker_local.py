@@ -16,6 +16,7 @@ import zmq
 
 from artiq_bus.broker import Broker
 from artiq_bus.broker.local import LocalClient
+from artiq_bus.net import BusAddress
 from artiq_bus.protocol import (DeadlineExceeded, NoSuchMethod, NoSuchService, RemoteError,
                                 ServiceDied, Unavailable)
 from artiq_bus.runtime.service import ServiceHost
@@ -185,3 +186,30 @@ def test_a_stopped_broker_leaves_its_context_free_to_terminate() -> None:
     term.start()
     term.join(5.0)
     assert not term.is_alive(), "a socket of the stopped broker is still open"
+
+
+def test_a_stopping_host_s_bye_reaches_the_broker(context: zmq.Context) -> None:
+    """``ServiceHost.stop`` lets what it queued leave before the socket goes: a host
+    stopped while its connection is still being made (its ``REG`` and ``BYE`` queued)
+    still says both.  A raw ROUTER on TCP plays the broker; twenty rounds."""
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    router.rcvtimeo = 5000  # every wait below is bounded: zmq.Again fails the test
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    address = BusAddress.from_host("127.0.0.1", port, port, port)
+
+    async def one_round() -> list[bytes]:
+        host = ServiceHost(context, address, "leaving", {})
+        await host.start()
+        await asyncio.sleep(0)  # the host connects and queues its REG
+        await host.stop()
+        received = []
+        while received[-1:] != [b"BYE"]:
+            _, _, command, *_ = await asyncio.to_thread(router.recv_multipart)
+            received.append(command)
+        return received
+    try:
+        for _ in range(20):
+            assert run_bounded(one_round()) == [b"REG", b"BYE"]
+    finally:
+        router.close()

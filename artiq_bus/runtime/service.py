@@ -29,6 +29,8 @@ __all__ = ["ServiceHost"]
 
 logger = logging.getLogger(__name__)
 
+#: How long the ``BYE`` of a stopping host may take to leave (in ZeroMQ's background).
+_BYE_LINGER_MS = 500
 #: At most one log line per this many seconds for failing one-way messages.
 _FAILURE_LOG_INTERVAL_S = 1.0
 
@@ -103,7 +105,7 @@ class ServiceHost:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._disconnect()
+        self._disconnect(linger_ms=_BYE_LINGER_MS)
         if self._local is not None and self._local_identity:
             self._local.detach_local(self._local_identity)
             self._local_identity = b""
@@ -126,13 +128,15 @@ class ServiceHost:
         self._reader = SocketReader(sock, on_message=self._on_message)
         self._register()
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, linger_ms: int = 0) -> None:
+        """Close the connection; what is still queued goes within ``linger_ms``, or is
+        dropped (when the broker is lost, nothing queued is of use any more)."""
         self.registered.clear()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
         if self._sock is not None:
-            self._sock.close()
+            self._sock.close(linger=linger_ms)
             self._sock = None
 
     def _register(self) -> None:

@@ -239,9 +239,11 @@ def test_malformed_records(shared_master: Master, tmp_path: Path) -> None:
 
 
 def test_standalone_log_node(master: Master, tmp_path: Path) -> None:
-    node = Process([sys.executable, "-m", "artiq_bus.frontend.artiq_node", "log",
+    node = Process([sys.executable, "-m", "artiq_bus.frontend.artiq_node", "log", "-v",
                     "--broker", f"tcp://127.0.0.1:{master.control}"], tmp_path)
     try:
+        # The node's own records are its own, on its console and over the bus.
+        node.wait_for_line(r"^INFO:node\(log\):[\w.]+:node log: running")
         # The broker tells the master's log node it was replaced (on the new node's console,
         # which now takes every record); the master's log node stops serving.
         node.wait_for_line(r"^WARNING:master:artiq_bus\.broker\.broker:broker: service 'log' "
@@ -259,6 +261,7 @@ def test_standalone_log_node(master: Master, tmp_path: Path) -> None:
     finally:
         node.stop()
     assert "Traceback" not in node.output(), node.output()
+    assert not re.search(r"^\w+:master:[\w.]+:node log:", node.output(), re.M), node.output()
     assert "to-node-" not in master.output()
     both = node.output() + master.output()  # the service never went back and forth
     assert both.count("registered again by a new peer") == 1, both

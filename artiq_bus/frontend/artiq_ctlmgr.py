@@ -28,9 +28,9 @@ from ..nodes.ctlmgr import ControllerManager
 from ..protocol import BusError
 from ..runtime.bus import BusConnection
 from ..runtime.logs import BusLogHandler
-from ..nodes.log import CONSOLE_FORMAT
 from .common import (add_client_security, add_server, add_verbosity, add_version,
-                     address_from_args, curve_client_from_args, log_level, reporting_errors)
+                     address_from_args, curve_client_from_args, init_console_logging,
+                     log_level, reporting_errors)
 
 __all__ = ["main", "build_parser", "RUNNING_LINE"]
 
@@ -63,32 +63,6 @@ def local_address_towards(host: str, port: int) -> str:
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         probe.connect(sockaddr)
         return str(probe.getsockname()[0])
-
-
-class _ConsoleFormatter(logging.Formatter):
-    """The master's console format; records without a source are this manager's own
-    (the record is not changed: the bus handler tells them apart by that)."""
-
-    def __init__(self, source: str):
-        super().__init__(CONSOLE_FORMAT)
-        self.source = source
-
-    def format(self, record: logging.LogRecord) -> str:
-        if hasattr(record, "source"):
-            return super().format(record)
-        record.source = self.source
-        try:
-            return super().format(record)
-        finally:
-            del record.source
-
-
-def init_console_logging(level: int, source: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ConsoleFormatter(source))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
 
 
 class _Sources(logging.Filter):

@@ -35,7 +35,7 @@ from ..net.addresses import (
 from ..net.errors import NetError
 from ..nodes.datasets import DatasetsNode
 from ..nodes.devices import DevicesNode
-from ..nodes.log import CONSOLE_FORMAT, LogNode
+from ..nodes.log import LogNode
 from ..nodes.management import ManagementNode
 from ..nodes.repository import RepositoryNode
 from ..nodes.scheduler import SchedulerNode
@@ -48,6 +48,7 @@ from .common import (
     add_verbosity,
     add_version,
     fail,
+    init_console_logging,
     log_level,
     reporting_errors,
 )
@@ -129,15 +130,6 @@ def broker_config(args: argparse.Namespace, local: BusAddress) -> BrokerConfig:
                         curve=curve)
 
 
-class _SourceFilter(logging.Filter):
-    """Gives the master's own records the source ``master``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "source"):
-            record.source = "master"
-        return True
-
-
 async def _wait_ready(client: AsyncClient, services: list[str]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for service in services:
@@ -205,7 +197,6 @@ class Master:
     def _log_to_bus(bus: BusConnection, root: logging.Logger,
                     console: logging.Handler | None) -> None:
         handler = BusLogHandler(bus.client, "master", level=root.level)
-        handler.addFilter(_SourceFilter())
         root.addHandler(handler)
         if console is not None:
             root.removeHandler(console)
@@ -218,18 +209,9 @@ class Master:
             root.addHandler(console)
 
 
-def init_console_logging(level: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
-    handler.addFilter(_SourceFilter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    init_console_logging(log_level(args))
+    init_console_logging(log_level(args), "master")
     with reporting_errors(PROGRAM):
         try:
             with tempfile.TemporaryDirectory(prefix="artiq_bus-") as directory:

@@ -23,12 +23,12 @@ from ..nodes.log import LogNode
 from ..protocol import DeadlineExceeded, Unavailable
 from ..runtime.bus import BusConnection, BusNode
 from ..runtime.logs import BusLogHandler
-from .artiq_master import init_console_logging
 from .common import (
     add_client_security,
     add_verbosity,
     add_version,
     curve_client_from_args,
+    init_console_logging,
     log_level,
     reporting_errors,
 )
@@ -94,7 +94,7 @@ async def run(node: BusNode, address: BusAddress, args: argparse.Namespace) -> N
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    init_console_logging(log_level(args))
+    init_console_logging(log_level(args), f"node({args.node})")
     _, build = NODES[args.node]
     with reporting_errors(PROGRAM):
         address = discover(BusAddress.from_url(args.broker), args)

@@ -16,9 +16,11 @@ from ..net import CLIENT_KEY_ENV, SERVER_KEY_ENV, BusAddress, CurveClient
 from ..net.addresses import DEFAULT_CONTROL_PORT
 from ..net.errors import NetError
 from ..nodes.errors import NodeConfigError
+from ..nodes.log import CONSOLE_FORMAT
 from ..protocol import BusError, Unavailable
 
-__all__ = ["CommandError", "UsageError", "VALUE_SYNTAX", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "add_client_security",
+__all__ = ["CommandError", "UsageError", "VALUE_SYNTAX", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "init_console_logging",
+           "add_client_security",
            "curve_client_from_args", "add_version", "fail", "add_server",
            "address_from_args", "reporting_errors"]
 
@@ -86,6 +88,34 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def log_level(args: argparse.Namespace) -> int:
     """WARNING, one step (10) lower per -v and higher per -q, as ARTIQ does."""
     return logging.WARNING + 10 * (args.quiet - args.verbose)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """The master's console format; records without a source are this process's own
+    (the record is not changed: a bus log handler tells them apart by that)."""
+
+    def __init__(self, source: str):
+        super().__init__(CONSOLE_FORMAT)
+        self.source = source
+
+    def format(self, record: logging.LogRecord) -> str:
+        if hasattr(record, "source"):
+            return super().format(record)
+        record.source = self.source
+        try:
+            return super().format(record)
+        finally:
+            del record.source
+
+
+def init_console_logging(level: int, source: str) -> None:
+    """Records of ``level`` and above on stderr; this process's own show ``source``
+    (``master``, ``node(log)``, ``ctlmgr(HOST)``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ConsoleFormatter(source))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def add_client_security(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import pytest
 from artiq_bus.repository.backends import (FILESYSTEM_REV, FilesystemBackend, GitBackend,
                                            RepoFile, blob_id)
 from artiq_bus.repository.checkouts import Checkouts
+from artiq_bus.repository.examiners import Examiners
 from artiq_bus.repository.errors import (NotInRepository, RepositoryConfigError,
                                          RevisionNotFound)
 from artiq_bus.repository.scan import OutcomeCache, build_explist
@@ -248,3 +249,41 @@ def test_blob_ids_hash_content_only(tmp_path: Path) -> None:
     start = time.perf_counter()
     assert blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
     assert time.perf_counter() - start < 1.0
+
+
+class _SlowPool:
+    """Stands for the bus: ``workers.acquire`` answers when the test says; one-way
+    messages are recorded."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.handed: asyncio.Future[dict[str, object]] = (
+            asyncio.get_running_loop().create_future())
+        self.sent: list[tuple[object, ...]] = []
+        self.told = asyncio.Event()
+
+    async def call(self, service: str, method: str, *args: object,
+                   timeout_s: float | None = None) -> object:
+        assert (service, method) == ("workers", "acquire")
+        self.asked.set()
+        return await self.handed
+
+    def send(self, service: str, method: str, *args: object) -> None:
+        self.sent.append((service, method, *args))
+        self.told.set()
+
+
+def test_a_worker_handed_over_after_the_scan_was_cancelled_is_let_go() -> None:
+    """A scan cancelled while it waits for a worker (a rescan, the master stopping)
+    does not leak the worker the pool hands over afterwards: it is told to exit."""
+    async def scenario() -> None:
+        pool = _SlowPool()
+        scan = asyncio.create_task(Examiners(pool).examine(["a.py"]))  # type: ignore[arg-type]
+        await pool.asked.wait()
+        scan.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await scan
+        pool.handed.set_result({"service": "worker.7", "pid": 7})
+        await pool.told.wait()
+        assert pool.sent == [("worker.7", "terminate")]
+    asyncio.run(asyncio.wait_for(scenario(), 10.0))

@@ -89,8 +89,20 @@ class Examiners:
                 self._retire(worker, kill=busy)
 
     async def _acquire(self) -> _Worker:
-        reply = await self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S)
+        call = asyncio.ensure_future(
+            self._client.call("workers", "acquire", timeout_s=ACQUIRE_TIMEOUT_S))
+        try:
+            reply = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The pool may hand the worker over all the same: let it go, not leak it.
+            call.add_done_callback(self._retire_unwanted)
+            raise
         return _Worker(reply["service"], reply["pid"])
+
+    def _retire_unwanted(self, call: "asyncio.Future[Any]") -> None:
+        if not call.cancelled() and call.exception() is None:
+            reply = call.result()
+            self._retire(_Worker(reply["service"], reply["pid"]))
 
     async def _examine_one(self, worker: _Worker, path: str) -> tuple[Outcome, bool]:
         """The outcome, and whether the worker may examine the next file."""

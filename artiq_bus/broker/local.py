@@ -17,26 +17,14 @@ import logging
 from typing import Any
 
 from ..client.aio import DEFAULT_TIMEOUT_S
-from ..protocol import (VERSION, Command, DeadlineExceeded, ProtocolError, Status,
-                        Unavailable, encode_timeout, error_from_wire, pack, split_command,
-                        unpack)
+from ..protocol import (Command, DeadlineExceeded, ProtocolError, Unavailable, frame_bytes,
+                        message_envelope, pack, reply_result, request_envelope,
+                        split_command)
 from .broker import Broker
 
 __all__ = ["LocalClient"]
 
 logger = logging.getLogger(__name__)
-
-_REQ, _MSG, _OK = Command.REQUEST.value, Command.MESSAGE.value, Status.OK.value
-
-
-def _buffer(frame: Any) -> Any:
-    """A frame's content without a copy (``bytes`` stay as they are)."""
-    return frame if isinstance(frame, bytes) else frame.buffer
-
-
-def _bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
-
 
 class LocalClient:
     """Calls services through the broker of this process (``request``, ``call``,
@@ -82,8 +70,7 @@ class LocalClient:
                                 timeout_s)
         self._pending[request_id] = (future, timer)
         try:
-            self._send([VERSION, _REQ, request_id, service.encode(),
-                        method.encode(), encode_timeout(timeout_s), body, *buffers])
+            self._send(request_envelope(request_id, service, method, timeout_s, body, buffers))
         except BaseException:
             self._forget(request_id)
             raise
@@ -92,8 +79,7 @@ class LocalClient:
     def send(self, service: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way message: no reply, no error report."""
         body, buffers = pack([list(args), kwargs])
-        self._send([VERSION, _MSG, service.encode(), method.encode(),
-                    body, *buffers])
+        self._send(message_envelope(service, method, body, buffers))
 
     def _send(self, frames: list[Any]) -> None:
         if self._identity is None:
@@ -127,15 +113,10 @@ class LocalClient:
         command, rest = split_command(frames)
         if command is not Command.REPLY or len(rest) < 3:
             raise ProtocolError(f"unexpected {command.name} from the broker")
-        future = self._forget(_bytes(rest[0]))
+        future = self._forget(frame_bytes(rest[0]))
         if future is None or future.done():
             return  # its caller gave up
         try:
-            value = unpack(_buffer(rest[2]), rest[3:])
-        except ProtocolError as exc:
+            future.set_result(reply_result(rest))
+        except Exception as exc:  # the error it carries, or a malformed body
             future.set_exception(exc)
-            return
-        if _bytes(rest[1]) == _OK:
-            future.set_result(value)
-        else:
-            future.set_exception(error_from_wire(value))

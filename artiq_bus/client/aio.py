@@ -17,7 +17,8 @@ import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames, watch_connection
 from ..protocol import (Command, DeadlineExceeded, Overloaded, ProtocolError, Unavailable,
-                        message_envelope, pack, reply_result, request_envelope, split_command)
+                        frame_bytes, message_envelope, pack, reply_result, request_envelope,
+                        split_command)
 
 __all__ = ["AsyncClient", "ServiceProxy", "DEFAULT_TIMEOUT_S"]
 
@@ -189,7 +190,7 @@ class AsyncClient:
         if len(rest) < 3:
             self._bad_reply(f"REP with {len(rest)} frames")
             return
-        request_id = _bytes(rest[0])
+        request_id = frame_bytes(rest[0])
         future = self._pending.get(request_id)
         if future is None or future.done():
             # Its caller gave up (deadline, connection lost), or never asked.
@@ -219,10 +220,6 @@ class AsyncClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(exc)
-
-
-def _bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
 
 
 class ServiceProxy:

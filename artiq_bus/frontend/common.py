@@ -19,8 +19,8 @@ from ..nodes.errors import NodeConfigError
 from ..nodes.log import CONSOLE_FORMAT
 from ..protocol import BusError, Unavailable
 
-__all__ = ["CommandError", "UsageError", "VALUE_SYNTAX", "parse_arguments", "ExitCode", "add_verbosity", "log_level", "init_console_logging",
-           "add_client_security",
+__all__ = ["CommandError", "UsageError", "VALUE_SYNTAX", "parse_arguments", "ExitCode",
+           "add_verbosity", "log_level", "init_console_logging", "add_client_security",
            "curve_client_from_args", "add_version", "fail", "add_server",
            "address_from_args", "reporting_errors"]
 
@@ -91,7 +91,7 @@ def log_level(args: argparse.Namespace) -> int:
 
 
 class _ConsoleFormatter(logging.Formatter):
-    """The master's console format; records without a source are this process's own
+    """The console format of every program; records without a source are this process's own
     (the record is not changed: a bus log handler tells them apart by that)."""
 
     def __init__(self, source: str):

@@ -48,8 +48,8 @@ from .errors import EncodeError, ProtocolError, error_from_wire, error_to_wire
 
 __all__ = ["VERSION", "Command", "Liveness", "Status", "encode_timeout", "decode_timeout",
            "MAX_NAME_BYTES", "MAX_REQUEST_ID_BYTES", "check_name", "split_command",
-           "request_envelope", "message_envelope", "register_envelope", "reply_envelope",
-           "reply_result"]
+           "frame_bytes", "frame_buffer", "request_envelope", "message_envelope",
+           "register_envelope", "reply_envelope", "reply_result"]
 
 #: Frame 0 of every message.  A peer that sends anything else is dropped.
 VERSION = b"ABUS1"
@@ -131,6 +131,16 @@ _COMMANDS = {command.value: command for command in Command}
 
 # -- building and reading messages (every peer builds them the same way) ----------------
 
+def frame_bytes(frame: Any) -> bytes:
+    """A frame's content as ``bytes`` (a received ``zmq.Frame``, or ``bytes`` as they are)."""
+    return frame if type(frame) is bytes else frame.bytes
+
+
+def frame_buffer(frame: Any) -> Any:
+    """A frame's content without a copy (``bytes`` stay as they are)."""
+    return frame if type(frame) is bytes else frame.buffer
+
+
 def request_envelope(request_id: bytes, service: str, method: str, timeout_s: float,
                      body: Any, buffers: Sequence[Any] = ()) -> list[Any]:
     """A caller's ``REQ``: ``body`` is the packed ``[args, kwargs]``, ``buffers`` its
@@ -175,9 +185,8 @@ def reply_result(rest: Sequence[Any]) -> Any:
     """The value of a caller's ``REP`` from its frames after the command (``request_id
     status body *buffers``, at least 3); raises the error it carries, or
     :class:`ProtocolError` when it is malformed."""
-    status = rest[1] if type(rest[1]) is bytes else rest[1].bytes
-    body = rest[2] if type(rest[2]) is bytes else rest[2].buffer
-    value = unpack(body, rest[3:])
+    status = frame_bytes(rest[1])
+    value = unpack(frame_buffer(rest[2]), rest[3:])
     if status == Status.OK.value:
         return value
     if status == Status.ERROR.value:

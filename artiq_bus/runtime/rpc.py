@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ..protocol import ProtocolError, unpack
+from ..protocol import NoSuchMethod, ProtocolError, unpack
 
-__all__ = ["rpc", "packed_rpc", "rpc_methods", "decode_arguments", "LocalBroker"]
+__all__ = ["rpc", "packed_rpc", "rpc_methods", "with_ping", "find_method", "decode_arguments",
+           "LocalBroker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,24 @@ def rpc_methods(target: object) -> dict[str, Callable[..., Any]]:
         if getattr(getattr(type(target), name, None), "__artiq_bus_rpc__", False):
             methods[name] = getattr(target, name)
     return methods
+
+
+def _ping() -> bool:
+    return True
+
+
+def with_ping(methods: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """``methods`` and ``ping``, which every service declares (docs/protocol.md §3.3)."""
+    return {"ping": _ping, **methods}
+
+
+def find_method(methods: dict[str, Callable[..., Any]], name: bytes,
+                service: str) -> Callable[..., Any]:
+    """The method a request names (its frame), or :class:`NoSuchMethod`."""
+    method = methods.get(name.decode(errors="replace"))
+    if method is None:
+        raise NoSuchMethod(f"service {service!r} has no method {name[:64]!r}")
+    return method
 
 
 def decode_arguments(body: Any, buffers: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -21,9 +21,9 @@ from typing import Any
 import zmq
 
 from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
-from ..protocol import (VERSION, Command, Liveness, NoSuchMethod, ProtocolError, check_name,
-                        register_envelope, reply_envelope, split_command)
-from .rpc import LocalBroker, decode_arguments
+from ..protocol import (VERSION, Command, Liveness, ProtocolError, check_name, frame_buffer,
+                        frame_bytes, register_envelope, reply_envelope, split_command)
+from .rpc import LocalBroker, decode_arguments, find_method, with_ping
 
 __all__ = ["ServiceHost"]
 
@@ -33,19 +33,6 @@ logger = logging.getLogger(__name__)
 _BYE_LINGER_MS = 500
 #: At most one log line per this many seconds for failing one-way messages.
 _FAILURE_LOG_INTERVAL_S = 1.0
-
-def _ping() -> bool:
-    return True
-
-
-def _as_bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
-
-
-def _buffer(frame: Any) -> Any:
-    """A frame's content without a copy (``bytes`` stay as they are)."""
-    return frame if isinstance(frame, bytes) else frame.buffer
-
 
 class ServiceHost:
     """One service on the bus: a DEALER connection, registration, heartbeats, dispatch.
@@ -61,7 +48,7 @@ class ServiceHost:
                  liveness_by: Liveness = Liveness.HEARTBEAT):
         check_name(name.encode(), "service")
         self.name = name
-        self._methods = {"ping": _ping, **methods}
+        self._methods = with_ping(methods)
         self._context, self._address, self._curve = context, address, curve
         self._heartbeat_interval_s = heartbeat_interval_s
         self._liveness = liveness
@@ -238,10 +225,10 @@ class ServiceHost:
     def _handle(self, frames: list[zmq.Frame]) -> Command:
         command, rest = split_command(frames)
         if command is Command.REQUEST and len(rest) >= 5:
-            caller, request_id, method = (_as_bytes(frame) for frame in rest[:3])
+            caller, request_id, method = (frame_bytes(frame) for frame in rest[:3])
             self._dispatch(method, rest[4], rest[5:], (caller, request_id))
         elif command is Command.MESSAGE and len(rest) >= 3:
-            self._dispatch(_as_bytes(rest[1]), rest[2], rest[3:], None)
+            self._dispatch(frame_bytes(rest[1]), rest[2], rest[3:], None)
         elif command is Command.ACK:
             self.registered.set()
             if self._lost_at is not None:
@@ -259,12 +246,9 @@ class ServiceHost:
     def _dispatch(self, method_frame: bytes, body: Any, buffers: Sequence[Any],
                   reply_to: tuple[bytes, bytes] | None) -> None:
         try:
-            method = self._methods.get(method_frame.decode())
-            if method is None:
-                raise NoSuchMethod(f"service {self.name!r} has no method "
-                                   f"{method_frame[:64]!r}")
+            method = find_method(self._methods, method_frame, self.name)
             if getattr(method, "__artiq_bus_packed__", False):
-                result = method(_buffer(body), buffers)
+                result = method(frame_buffer(body), buffers)
             else:
                 args, kwargs = decode_arguments(body, buffers)
                 result = method(*args, **kwargs)

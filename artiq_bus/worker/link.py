@@ -28,31 +28,21 @@ from typing import Any
 import zmq
 
 from ..net import BusAddress, CurveClient, configure, recv_frames, send_frames
-from ..protocol import (VERSION, Command, DeadlineExceeded, Liveness, NoSuchMethod,
-                        Overloaded, ProtocolError, Unavailable, message_envelope, pack,
-                        register_envelope, reply_envelope, reply_result, request_envelope,
-                        split_command)
-from ..runtime.rpc import decode_arguments
+from ..client.aio import DEFAULT_TIMEOUT_S
+from ..protocol import (VERSION, Command, DeadlineExceeded, Liveness, Overloaded, ProtocolError,
+                        Unavailable, frame_bytes, message_envelope, pack, register_envelope,
+                        reply_envelope, reply_result, request_envelope, split_command)
+from ..runtime.rpc import decode_arguments, find_method, with_ping
 from .loop import PollLoop, Timer
 
-__all__ = ["WorkerLink", "DEFAULT_TIMEOUT_S"]
+__all__ = ["WorkerLink"]
 
 logger = logging.getLogger(__name__)
 
-#: Deadline of a call that names none.
-DEFAULT_TIMEOUT_S = 10.0
 #: Messages read per turn at most: timers and hand-overs are not held up by a flood.
 _READ_BATCH = 1024
 #: Messages queued for the broker at most (then calls fail with ``Overloaded``).
 _QUEUE_LIMIT = 100_000
-
-
-def _ping() -> bool:
-    return True
-
-
-def _bytes(frame: Any) -> bytes:
-    return frame if type(frame) is bytes else frame.bytes
 
 
 class WorkerLink:
@@ -65,7 +55,7 @@ class WorkerLink:
                  heartbeat_interval_s: float = 0.5, liveness: int = 4):
         self.name = name
         self._loop, self._context, self._address, self._curve = loop, context, address, curve
-        self._methods = {"ping": _ping, **methods}
+        self._methods = with_ping(methods)
         self._heartbeat_interval_s = heartbeat_interval_s
         self._silence_s = liveness * heartbeat_interval_s
         self._sock: zmq.Socket | None = None
@@ -184,7 +174,8 @@ class WorkerLink:
     def _handle(self, frames: list[Any]) -> None:
         command, rest = split_command(frames)
         if command is Command.REQUEST and len(rest) >= 5:
-            self._dispatch(rest[2], rest[4], rest[5:], (_bytes(rest[0]), _bytes(rest[1])))
+            reply_to = (frame_bytes(rest[0]), frame_bytes(rest[1]))
+            self._dispatch(rest[2], rest[4], rest[5:], reply_to)
         elif command is Command.MESSAGE and len(rest) >= 3:
             self._dispatch(rest[1], rest[2], rest[3:], None)
         elif command is Command.REPLY and len(rest) >= 3:
@@ -199,10 +190,7 @@ class WorkerLink:
     def _dispatch(self, method_frame: Any, body: Any, buffers: Sequence[Any],
                   reply_to: tuple[bytes, bytes] | None) -> None:
         try:
-            method = self._methods.get(_bytes(method_frame).decode(errors="replace"))
-            if method is None:
-                raise NoSuchMethod(f"service {self.name!r} has no method "
-                                   f"{_bytes(method_frame)[:64]!r}")
+            method = find_method(self._methods, frame_bytes(method_frame), self.name)
             args, kwargs = decode_arguments(body, buffers)
             result = method(*args, **kwargs)
         except Exception as exc:
@@ -232,7 +220,7 @@ class WorkerLink:
             logger.warning("worker %s: broker queue full, reply dropped", self.name)
 
     def _settle(self, rest: Sequence[Any]) -> None:
-        entry = self._pending.pop(_bytes(rest[0]), None)
+        entry = self._pending.pop(frame_bytes(rest[0]), None)
         if entry is None:  # its caller gave up (deadline), or never asked
             self.unmatched_replies += 1
             return

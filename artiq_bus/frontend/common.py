@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import enum
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -22,7 +24,7 @@ from ..protocol import BusError, Unavailable
 __all__ = ["CommandError", "UsageError", "VALUE_SYNTAX", "parse_arguments", "ExitCode",
            "add_verbosity", "log_level", "init_console_logging", "add_client_security",
            "curve_client_from_args", "add_version", "fail", "add_server",
-           "address_from_args", "reporting_errors"]
+           "address_from_args", "reporting_errors", "until_interrupted"]
 
 
 class ExitCode(enum.IntEnum):
@@ -166,6 +168,26 @@ def reporting_errors(program: str) -> Iterator[None]:
         fail(program, str(exc), ExitCode.CONFIG)
     except BusError as exc:
         fail(program, f"{type(exc).__name__}: {exc}", ExitCode.ERROR)
+
+
+async def until_interrupted() -> None:
+    """Return at Ctrl-C (SIGINT) or SIGTERM.
+
+    The loop's own signal handling, not ``asyncio.run``'s KeyboardInterrupt: the kernel
+    may hand a process's signal to any thread that does not block it (numpy's BLAS
+    threads do not), and only a signal that writes to the loop's wake-up pipe is sure to
+    wake a loop asleep in ``select`` on the main thread.
+    """
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    signums = (signal.SIGINT, signal.SIGTERM)
+    for signum in signums:
+        loop.add_signal_handler(signum, interrupted.set)
+    try:
+        await interrupted.wait()
+    finally:
+        for signum in signums:
+            loop.remove_signal_handler(signum)
 
 
 def fail(program: str, message: str, code: ExitCode) -> NoReturn:

@@ -22,7 +22,7 @@ from ..client.aio import AsyncClient
 from ..client.replica import Replica
 from ..client.subscriber import Subscriber
 from ..protocol import stream_topic, unpack
-from .common import VALUE_SYNTAX, parse_arguments
+from .common import VALUE_SYNTAX, parse_arguments, until_interrupted
 from .dataset_commands import format_datasets
 from .tables import format_table
 
@@ -128,7 +128,7 @@ async def _follow_struct(session: Session, view: View) -> None:
         try:
             await replica.start()
             screen.draw()
-            await asyncio.Event().wait()  # until Ctrl-C
+            await until_interrupted()
         finally:
             await replica.stop()
             await subscriber.stop()
@@ -187,7 +187,7 @@ async def _follow_stream(session: Session, name: str, line: Callable[[Any], str]
                 last_seq, queued, early = backlog["seq"], early or [], None
                 for frames in queued:
                     on_items(frames)
-            await asyncio.Event().wait()  # until Ctrl-C
+            await until_interrupted()
         finally:
             await subscriber.stop()
 

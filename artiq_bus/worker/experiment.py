@@ -25,6 +25,7 @@ from .devices import DeviceDB, DeviceManager
 from .errors import NotBuilt, RunDeletedWhilePaused
 from .examine import examine_file
 from .results_layout import results_dir, results_path
+from .code_cache import cached_code, compile_text
 from .tools import file_import, get_experiment
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class ExperimentRunner:
             path = os.path.join(wd, expid["file"]) if wd else expid["file"]
             return file_import(path, prefix="artiq_worker_")
         module = types.ModuleType("expmodule")
-        exec(compile(expid["content"], "expcontent", "exec"), module.__dict__)
+        exec(cached_code(expid["content"], "expcontent", compile_text), module.__dict__)
         return module
 
     def _interactive(self, arglist_desc: list[Any], title: str) -> dict[str, Any] | None:

@@ -12,6 +12,8 @@ cannot be loaded twice in one process.
 The file and its siblings are compiled from source, never from ``__pycache__``: a
 bytecode file is trusted when the source's mtime (whole seconds) and size match, so a
 file rewritten within the same second at the same size would otherwise run stale code.
+In workers, compiled code is shared through :mod:`.code_cache`, keyed by the source's
+content.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from ..language.environment import is_experiment, is_public_experiment
+from .code_cache import cached_code
 
 __all__ = ["file_import", "forget_new_modules", "get_experiment"]
 
@@ -35,11 +38,12 @@ logger = logging.getLogger(__name__)
 
 
 class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
-    """Compiles from the source every time: no bytecode cache read or written."""
+    """Compiles from the source every time (or takes the code compiled from this very
+    source, see :mod:`.code_cache`): ``__pycache__`` is neither read nor written."""
 
     def get_code(self, fullname: str) -> Any:
         path = self.get_filename(fullname)
-        return self.source_to_code(self.get_data(path), path)
+        return cached_code(self.get_data(path), path, self.source_to_code)
 
 
 @contextlib.contextmanager

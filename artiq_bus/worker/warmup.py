@@ -6,7 +6,8 @@ to every object it uses (reference counts): the first build in a fresh worker sp
 most of its time copying the pages it touches (on a virtual machine, a page fault costs
 microseconds).  Touching them before the run arrives takes that copying off the
 hand-over; the real build then finds them copied.  The rehearsal's experiment is
-compiled from source as a real one is, and built through the same managers.
+loaded as a real one is (from the workers' code cache, :mod:`.code_cache`), and built
+through the same managers.
 
 The zygote rehearses too, before its first fork (:func:`warm_up`): builds, and rounds of
 what a worker does on the bus (connect, register, call, leave) with a service of its
@@ -27,6 +28,7 @@ from typing import Any
 
 from ..runtime.rpc import rpc, rpc_methods
 from .arguments import ProcessArgumentManager
+from .code_cache import cached_code, compile_text
 from .datasets import DatasetManager, LocalDatasetBackend
 from .devices import DeviceDB, DeviceManager
 from .tools import get_experiment
@@ -62,7 +64,7 @@ def rehearse_build() -> None:
     speed-up: a failure is logged at DEBUG and forgotten)."""
     try:
         module = types.ModuleType("artiq_worker_rehearsal")
-        exec(compile(_SOURCE, "<rehearsal>", "exec"), module.__dict__)
+        exec(cached_code(_SOURCE, "<rehearsal>", compile_text), module.__dict__)
         cls = get_experiment(module)
         # build() only takes the scheduler device; nothing calls it
         devices = DeviceManager(DeviceDB.from_dict({}), virtual_devices={"scheduler": object()})

@@ -15,7 +15,8 @@ that writes results files.  Protocol on stdin/stdout, one JSON object per line:
     ← {"exited": PID, "status": STATUS}     a child ended (STATUS as os.waitpid gives it)
 
 When stdin closes (the master is gone, even after kill -9) it kills every child and
-exits: no orphans.
+exits: no orphans.  It keeps a private directory where its workers share compiled
+experiment code (:mod:`.code_cache`), removed when it exits.
 
 The garbage collector is off in the zygote and everything it holds is frozen before
 each fork: a child's first collection would otherwise walk every inherited object and
@@ -32,6 +33,7 @@ import os
 import selectors
 import signal
 import sys
+import tempfile
 from typing import Any, BinaryIO
 
 # Imported here, before any fork, so that children start with them loaded.  Not h5py:
@@ -42,7 +44,7 @@ import numpy  # noqa: F401
 import zmq  # noqa: F401
 
 from ..language import environment  # noqa: F401
-from . import experiment, process, warmup  # noqa: F401
+from . import code_cache, experiment, process, warmup  # noqa: F401
 from .compat import ALIASES, install_artiq_compat
 
 __all__ = ["main", "ChildRole"]
@@ -192,7 +194,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when we stop
     gc.disable()
     _preload_artiq_names()
-    Zygote(sys.stdin.buffer, sys.stdout.buffer).serve()
+    with tempfile.TemporaryDirectory(prefix="artiq_bus-code-") as code_directory:
+        code_cache.use_directory(code_directory)  # before the rehearsal: it fills it
+        Zygote(sys.stdin.buffer, sys.stdout.buffer).serve()
 
 
 if __name__ == "__main__":

@@ -127,6 +127,11 @@ def test_a_value_hdf5_cannot_hold_fails_as_in_the_worker(master: Master,
     assert "ERROR:worker(" in line
     master.wait_for_line(r"^TypeError: Error writing dataset 'bad' of type 'dict'")
     assert "RemoteTypeError" not in master.output()
+    # the run is still on record: without its datasets, with the error
+    fields = read_results(results_file(tmp_path, rid))
+    assert fields["outcome"].startswith(
+        "error: TypeError: Error writing dataset 'bad' of type 'dict'"), fields["outcome"]
+    assert fields["rid"] == rid and fields["datasets"] == {}
 
 
 @pytest.mark.parametrize("change, error", [
@@ -198,3 +203,44 @@ def test_many_requests_at_once_are_all_written(master: Master, tmp_path: Path) -
         assert fields["datasets"]["x"][0].tolist() == list(range(rid))
     assert node_status(master)["written"] == before + 40
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_analyze_stage_does_not_wait_for_the_disk(master: Master,
+                                                      tmp_path: Path) -> None:
+    """With the node stopped (SIGSTOP) no file can be written: both runs still go
+    through analyze (the second's analyze() after the first's), and each stays in the
+    schedule (deleting) until its file is on disk."""
+    node = node_status(master)["pid"]
+    file = write_experiment(tmp_path, "empty.py", EMPTY)
+    os.kill(node, signal.SIGSTOP)
+    try:
+        with ScheduleWatch(master) as watch:
+            first, second = submit(master, file), submit(master, file)
+            watch.wait_status(second, "deleting")
+            assert watch.value[first]["status"] == "deleting"
+            assert watch.position(first, "deleting") < watch.position(second, "analyzing")
+            assert not list(tmp_path.rglob("*.h5"))
+            os.kill(node, signal.SIGCONT)
+            watch.wait_gone(first)
+            watch.wait_gone(second)
+    finally:
+        os.kill(node, signal.SIGCONT)
+    for rid in (first, second):
+        assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
+    assert node_status(master)["written"] == 2
+
+
+def test_a_node_killed_with_results_in_hand_costs_no_file(master: Master,
+                                                           tmp_path: Path) -> None:
+    """The node dies holding a run's results, after the run's analyze stage: the
+    worker, which waits for the file before it exits, writes it itself."""
+    node = node_status(master)["pid"]
+    file = write_experiment(tmp_path, "empty.py", EMPTY)
+    os.kill(node, signal.SIGSTOP)
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file)
+        watch.wait_status(rid, "deleting")
+        os.kill(node, signal.SIGKILL)
+        watch.wait_gone(rid)
+    assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
+    assert "does not stop" not in master.output()  # it ended by itself, in time

@@ -31,6 +31,10 @@ BUILD_TIMEOUT_S = 15.0
 ACQUIRE_TIMEOUT_S = 60.0
 #: Each step of close(): terminate request, SIGTERM, SIGKILL.
 CLOSE_STEP_S = 1.0
+#: The first step of close() after analyze: the worker exits by itself once its results
+#: file is on disk (the results node takes milliseconds for a small file, seconds for
+#: hundreds of megabytes).
+RESULTS_STEP_S = 10.0
 #: Stages without a deadline (run() may take days); bounded for the wire.
 _FOREVER_S = 30 * 24 * 3600.0
 #: Stages that end with the worker having written the results file when they fail.
@@ -159,14 +163,15 @@ class BusWorkerHandle:
         try:
             if not self._ends_itself:
                 self._client.send(self._service, "terminate")
+            first_step_s = RESULTS_STEP_S if self._ends_itself else CLOSE_STEP_S
             for signum in (None, signal.SIGTERM, signal.SIGKILL):
+                step_s = first_step_s if signum is None else CLOSE_STEP_S
                 if signum is not None:
                     logger.warning("scheduler: worker of RID %d does not stop (%s), "
                                    "sending %s", self._rid, reason, signum.name)
                     await self._client.call("workers", "signal", self._pid, int(signum))
                 description = await self._client.call(
-                    "workers", "exit_status", self._pid, CLOSE_STEP_S,
-                    timeout_s=CLOSE_STEP_S + 1.0)
+                    "workers", "exit_status", self._pid, step_s, timeout_s=step_s + 1.0)
                 if description is not None:
                     self.exit_description = description
                     return

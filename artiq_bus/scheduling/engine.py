@@ -47,8 +47,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Bound on a handle's close() (it terminates, then kills, within a few seconds).
-CLOSE_TIMEOUT_S = 15.0
+#: Bound on a handle's close() (it terminates, then kills, within a few seconds; after
+#: analyze the worker first gets bus_worker.RESULTS_STEP_S to write its results).
+CLOSE_TIMEOUT_S = 20.0
 
 #: ``results_writer(rid, expid, start_time, run_time, outcome, class_name)``; may be async.
 ResultsWriter = Callable[[int, dict[str, Any], float, float, str, str | None],

@@ -5,7 +5,9 @@ prepare fails)."""
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -56,6 +58,7 @@ class ExperimentRunner:
         self._start_time = 0.0
         self._run_time: float | None = None
         self._watchdogs = 0
+        self._handed_over: _HandedOver | None = None
         install_artiq_compat()
 
     def attach(self, bus: WorkerBus) -> None:
@@ -137,14 +140,35 @@ class ExperimentRunner:
             raise
 
     def analyze(self) -> None:
-        outcome = "completed"
         try:
             self._experiment.analyze()
         except BaseException as exc:
-            outcome = f"error in analyze: {_describe(exc)}"
+            self.write_results(f"error in analyze: {_describe(exc)}")
             raise
-        finally:
-            self.write_results(outcome)
+        # The analyze stage ends here: the results node writes the file meanwhile, and
+        # this worker exits only once it is on disk (finish_results).  The next run's
+        # analysis need not wait for this run's disk.
+        content = self._results_content("completed")
+        self._handed_over = self._hand_over(content) if content is not None else None
+
+    def finish_results(self) -> None:
+        """Until the results analyze() handed over are on disk.  A value HDF5 cannot
+        hold is logged as a failure of analyze(), and the file then holds what the
+        scheduler writes for a failed stage: the run without its datasets, and the
+        error.  Never raises: the worker is ending."""
+        handed_over, self._handed_over = self._handed_over, None
+        if handed_over is None:
+            return
+        try:
+            try:
+                self._settle(handed_over)
+            except (TypeError, ValueError) as exc:
+                logger.error("analyze() failed:\n%s", _describe(exc))
+                self._write({**handed_over.content, "datasets": {}, "archive": {},
+                             "metadata": {}, "archive_metadata": {},
+                             "outcome": f"error: {_describe(exc)}"})
+        except Exception as exc:  # noqa: BLE001 (nobody above to tell)
+            logger.error("results of RID %d not written: %s", self._rid, _describe(exc))
 
     def flush_datasets(self) -> None:
         """End of a stage: this stage's dataset updates reach the master (and persistent
@@ -160,6 +184,7 @@ class ExperimentRunner:
         return examine_file(file, self._bus)
 
     def close(self) -> None:
+        self.finish_results()
         if self._devices is not None:
             self._devices.close_devices()
 
@@ -182,63 +207,84 @@ class ExperimentRunner:
     def write_results(self, outcome: str) -> None:
         """The results file, on disk when this returns: written by the results node,
         or here when it cannot (see :mod:`artiq_bus.nodes.results`)."""
-        if self._experiment is None or self._datasets is None:
-            return
-        assert self._bus is not None
-        datasets = self._datasets
-        content = dict(rid=self._rid, start_time=self._start_time,
-                       class_name=type(self._experiment).__name__, run_time=self._run_time,
-                       expid=self._expid, datasets=datasets.local, archive=datasets.archive,
-                       metadata=datasets.metadata,
-                       archive_metadata=datasets.archive_metadata, outcome=outcome)
-        if self._results_by_node(content):
-            return
-        from .results import write_results  # h5py: imported only when needed
-        path = results_path(self._home / "results", self._start_time, self._rid,
-                            content.pop("class_name"))
-        write_results(path, version=__version__, **content)
-        logger.debug("worker(%d): results written to %s", self._rid, path)
+        content = self._results_content(outcome)
+        if content is not None:
+            self._write(content)
 
-    def _results_by_node(self, content: dict[str, Any]) -> bool:
-        """Whether the results node wrote the file.  A value HDF5 cannot hold raises
-        here as it would when written locally; any other failure means: write it here."""
-        assert self._bus is not None and self._datasets is not None
-        if _payload_bytes(self._datasets) > RESULTS_BY_NODE_MAX_BYTES:
-            return False
+    def _results_content(self, outcome: str) -> dict[str, Any] | None:
+        """What the results file holds; None before the experiment was built."""
+        if self._experiment is None or self._datasets is None:
+            return None
+        datasets = self._datasets
+        return dict(rid=self._rid, start_time=self._start_time,
+                    class_name=type(self._experiment).__name__, run_time=self._run_time,
+                    expid=self._expid, datasets=datasets.local, archive=datasets.archive,
+                    metadata=datasets.metadata,
+                    archive_metadata=datasets.archive_metadata, outcome=outcome)
+
+    def _write(self, content: dict[str, Any]) -> None:
+        handed_over = self._hand_over(content)
+        if handed_over is not None:
+            self._settle(handed_over)
+
+    def _hand_over(self, content: dict[str, Any]) -> _HandedOver | None:
+        """Send the results to the results node; None when they were written here at
+        once instead (too large for one message, or a value the bus cannot carry)."""
+        assert self._bus is not None
+        if _payload_bytes(content) <= RESULTS_BY_NODE_MAX_BYTES:
+            try:
+                return _HandedOver(content, self._bus.start_call(
+                    "results", "write", timeout_s=RESULTS_TIMEOUT_S, **content))
+            except TypeError as exc:  # a value the bus cannot carry
+                logger.warning("worker(%d): cannot send the results (%s): writing the "
+                               "results file here", self._rid, exc)
+        self._write_here(content)
+        return None
+
+    def _settle(self, handed_over: _HandedOver) -> None:
+        """Until the node's answer; the file is then on disk, written by the node or,
+        when the node could not, here.  A value HDF5 cannot hold raises here as it
+        would when written here."""
         try:
-            path = self._bus.call("results", "write", timeout_s=RESULTS_TIMEOUT_S,
-                                  **content)
+            path = handed_over.reply.result()
         except RemoteError as exc:
             if exc.remote_type in ("TypeError", "ValueError"):
                 raise getattr(builtins, exc.remote_type)(exc.args[0]) from None
             logger.warning("worker(%d): the results node failed (%s): writing the results "
                            "file here", self._rid, exc)
-            return False
         except NoSuchService:  # not started yet, or starting again
             logger.debug("worker(%d): no results node: writing the results file here",
                          self._rid)
-            return False
-        except (BusError, TypeError) as exc:  # TypeError: a value the bus cannot carry
+        except BusError as exc:
             logger.warning("worker(%d): cannot reach the results node (%s): writing the "
                            "results file here", self._rid, exc)
-            return False
+        else:
+            logger.debug("worker(%d): results written to %s", self._rid, path)
+            return
+        self._write_here(handed_over.content)
+
+    def _write_here(self, content: dict[str, Any]) -> None:
+        from .results import write_results  # h5py: imported only when needed
+        path = results_path(self._home / "results", self._start_time, self._rid,
+                            content["class_name"])
+        write_results(path, version=__version__,
+                      **{key: value for key, value in content.items() if key != "class_name"})
         logger.debug("worker(%d): results written to %s", self._rid, path)
-        return True
 
 
-def set_log_level(level: int) -> None:
-    """The root logger's level; unchanged, it is left alone (``setLevel`` clears every
-    logger's cache, a tenth of a millisecond in a fresh worker)."""
-    root = logging.getLogger()
-    if root.level != level:
-        root.setLevel(level)
+@dataclasses.dataclass
+class _HandedOver:
+    """Results sent to the results node, whose answer is still to come."""
+
+    content: dict[str, Any]
+    reply: concurrent.futures.Future[Any]
 
 
-def _payload_bytes(datasets: DatasetManager) -> int:
+def _payload_bytes(content: dict[str, Any]) -> int:
     """About how many bytes the results take on the wire (a list's items count 16
     bytes each, a scalar nothing)."""
     total = 0
-    for values in (datasets.local, datasets.archive):
+    for values in (content["datasets"], content["archive"]):
         for value in values.values():
             if isinstance(value, (bytes, str)):
                 total += len(value)
@@ -254,3 +300,11 @@ def _describe(exc: BaseException) -> str:
     TerminationRequested)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def set_log_level(level: int) -> None:
+    """The root logger's level; unchanged, it is left alone (``setLevel`` clears every
+    logger's cache, a tenth of a millisecond in a fresh worker)."""
+    root = logging.getLogger()
+    if root.level != level:
+        root.setLevel(level)

@@ -146,7 +146,8 @@ class _StageService:
 
     @rpc
     def analyze(self) -> "concurrent.futures.Future[None]":
-        """The last stage: the worker ends once it is over, without a ``terminate``."""
+        """The last stage: the worker ends once it is over and its results file is on
+        disk, without a ``terminate``."""
         future = self._in_main_thread("analyze", self._runner.analyze)
         self._jobs.put(None)
         return future

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from helpers.runs import (
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.sync import Client
 from artiq_bus.protocol import RemoteError
+from artiq_bus.worker.process import BACKGROUND_NICE, lower_priority
 from artiq_bus.worker.results import write_results
 
 MANY_TYPES = '''\
@@ -244,3 +246,47 @@ def test_a_node_killed_with_results_in_hand_costs_no_file(master: Master,
         watch.wait_gone(rid)
     assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
     assert "does not stop" not in master.output()  # it ended by itself, in time
+
+
+def nice_values(pid: int) -> set[int]:
+    """The nice value of each thread of ``pid`` (field 19 of its stat)."""
+    return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def test_the_node_runs_behind_the_runs(master: Master, tmp_path: Path) -> None:
+    """No run waits for the node: every thread of it has a lower CPU priority than
+    the master (and its workers)."""
+    file = write_experiment(tmp_path, "empty.py", EMPTY)
+    with ScheduleWatch(master) as watch:
+        watch.wait_gone(submit(master, file))  # the writer thread exists now
+    node = node_status(master)["pid"]
+    (base,) = nice_values(master.popen.pid)
+    assert nice_values(node) == {base + BACKGROUND_NICE}
+
+
+def test_lower_priority_reaches_every_thread() -> None:
+    """Linux gives each thread its own priority: the helper lowers them all (in a
+    child, so that this process keeps its own)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            started = threading.Event()
+            done = threading.Event()
+            thread = threading.Thread(target=lambda: (started.set(), done.wait(5.0)))
+            thread.start()
+            started.wait(5.0)
+            before = nice_values(os.getpid())
+            lower_priority()
+            os.write(write, f"{sorted(before)} {sorted(nice_values(os.getpid()))}".encode())
+            done.set()
+            thread.join()
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    (base,) = nice_values(os.getpid())
+    assert report == f"[{base}] [{base + BACKGROUND_NICE}]"

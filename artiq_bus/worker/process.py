@@ -16,6 +16,7 @@ tracebacks) becomes log records of source ``worker(RID,FILE)``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -35,11 +36,16 @@ from .errors import NotBuilt, RunDeletedWhilePaused
 from .link import WorkerLink
 from .loop import PollLoop
 
-__all__ = ["main", "WorkerBus", "serve_bus"]
+__all__ = ["main", "WorkerBus", "serve_bus", "lower_priority", "BACKGROUND_NICE"]
 
 logger = logging.getLogger(__name__)
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: How much lower the CPU priority (nice) of work that no run waits for: a worker's
+#: last steps after its stages (its results file, its exit) and the results node.  On
+#: two busy cores the runs still to come (a build, a hand-over) go first.
+BACKGROUND_NICE = 5
 
 #: A stage job for the main thread: its name, what to call, where the result goes.
 Job = tuple[str, Callable[[], Any], "concurrent.futures.Future[Any]"]
@@ -348,10 +354,21 @@ def main(config: dict[str, Any]) -> int:
         else:  # not an Exception (SystemExit, ...): the caller still gets an error
             future.set_exception(error if isinstance(error, Exception)
                                  else RuntimeError(repr(error)))
+    lower_priority()  # what is left (the results file, the exit) is nobody's hand-over
     runner.close()
     worker_bus.stop()
     bus_thread.join(5.0)
     return 0
+
+
+def lower_priority() -> None:
+    """Every thread of this process ``BACKGROUND_NICE`` lower (Linux gives each thread
+    its own priority; a thread that ends meanwhile is skipped)."""
+    with contextlib.suppress(OSError):
+        for tid in map(int, os.listdir("/proc/self/task")):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid,
+                               os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
 
 
 def user_traceback(exc: BaseException) -> str:

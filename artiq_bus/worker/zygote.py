@@ -130,6 +130,7 @@ class Zygote:
             os.close(devnull)
             if config.get("role") == ChildRole.RESULTS:
                 from ..nodes import results as results_node  # imports h5py: not here
+                process.lower_priority()  # no run waits for a file being written
                 code = results_node.main(config)
             else:
                 code = process.main(config)

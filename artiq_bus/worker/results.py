@@ -48,7 +48,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5d, h5g, h5s, h5t
+from h5py import h5d, h5f, h5g, h5p, h5s, h5t
 
 from .. import pyon
 from ..files import atomic_replace
@@ -149,16 +149,34 @@ def _write_group(parent: h5py.Group, name: str, datasets: Mapping[str, Any],
         _write_dataset(group, key, value, metadata.get(key, {}))
 
 
+@functools.cache
+def _property_lists() -> tuple[h5p.PropFAID, h5p.PropFCID]:
+    """The file access and creation properties ``h5py.File(path, "w")`` uses, made
+    once."""
+    access = h5p.create(h5p.FILE_ACCESS)
+    access.set_libver_bounds(h5f.LIBVER_EARLIEST, h5f.LIBVER_LATEST)
+    access.set_fclose_degree(h5f.CLOSE_STRONG)  # closing the file closes what is in it
+    creation = h5p.create(h5p.FILE_CREATE)
+    creation.set_obj_track_times(False)
+    return access, creation
+
+
 @contextmanager
-def _atomic_h5(path: PathLike, sync_directory: bool = True) -> Iterator[h5py.File]:
-    """An HDF5 file that replaces ``path`` in one step when the block succeeds."""
-    with atomic_replace(path, sync_directory=sync_directory) as temp, \
-            h5py.File(temp, "w") as h5file:
-        yield h5file
+def _atomic_h5(path: PathLike, sync_directory: bool = True) -> Iterator[h5py.Group]:
+    """The root group of an HDF5 file that replaces ``path`` in one step when the block
+    succeeds.  Made and closed through h5py's low-level API: ``h5py.File``'s own set-up
+    and close cost about 0.3 ms, a fifth of a small file's time."""
+    access, creation = _property_lists()
+    with atomic_replace(path, sync_directory=sync_directory) as temp:
+        file_id = h5f.create(os.fsencode(temp), h5f.ACC_TRUNC, fapl=access, fcpl=creation)
+        try:
+            yield h5py.Group(h5g.open(file_id, b"/"))
+        finally:
+            file_id.close()
     logger.debug("wrote %s", path)
 
 
-def _write_groups(h5file: h5py.File, datasets: Mapping[str, Any],
+def _write_groups(h5file: h5py.Group, datasets: Mapping[str, Any],
                   archive: Mapping[str, Any], metadata: Metadata,
                   archive_metadata: Metadata | None = None) -> None:
     _write_group(h5file, "datasets", datasets, metadata)
@@ -172,7 +190,7 @@ def _hdf5_type(dtype: np.dtype[Any]) -> h5t.TypeID:
     return h5t.py_create(dtype, logical=True)
 
 
-def _write_root(h5file: h5py.File, fields: Iterable[tuple[str, Any]]) -> None:
+def _write_root(h5file: h5py.Group, fields: Iterable[tuple[str, Any]]) -> None:
     """The root fields, scalars of known types, through h5py's low-level API: its
     high-level one costs about 0.3 ms per dataset, most of a small file's time."""
     scalar = h5s.create(h5s.SCALAR)

@@ -21,13 +21,13 @@ from ..language.core import set_watchdog_factory
 from ..protocol import BusError, NoSuchService, RemoteError
 from .arguments import ProcessArgumentManager
 from .bus_devices import WAIT_FOREVER_S, BusCCB, BusDatasetBackend, BusScheduler
+from .code_cache import cached_code, compile_text
 from .compat import install_artiq_compat
 from .datasets import DatasetManager
 from .devices import DeviceDB, DeviceManager
 from .errors import NotBuilt, RunDeletedWhilePaused
 from .examine import examine_file
 from .results_layout import results_dir, results_path
-from .code_cache import cached_code, compile_text
 from .tools import file_import, get_experiment
 
 if TYPE_CHECKING:

@@ -22,6 +22,16 @@ __all__ = ["SnapshotPool"]
 MAX_FREE_BYTES = 128 * 1024 * 1024
 
 
+def _references_when_free() -> int:
+    """What ``SnapshotPool._is_free`` counts for a buffer that only the pool's list
+    refers to (counted once, at import: in the zygote, not in every worker)."""
+    buffers = [np.empty(0, np.uint8)]
+    return sys.getrefcount(buffers[0])
+
+
+_FREE_REFERENCES = _references_when_free()
+
+
 class SnapshotPool:
     """Buffers for snapshots of large arrays (experiment thread only).
 
@@ -32,14 +42,11 @@ class SnapshotPool:
 
     def __init__(self, max_free_bytes: int = MAX_FREE_BYTES):
         self._max_free_bytes = max_free_bytes
-        self._buffers: list[np.ndarray] = [np.empty(0, np.uint8)]
-        # what _is_free() counts for a buffer that only the list refers to
-        self._free_references = sys.getrefcount(self._buffers[0])
-        self._buffers.clear()
+        self._buffers: list[np.ndarray] = []
 
     def _is_free(self, index: int) -> bool:
         # no local name may hold the buffer while it is counted
-        return sys.getrefcount(self._buffers[index]) == self._free_references
+        return sys.getrefcount(self._buffers[index]) == _FREE_REFERENCES
 
     def copy(self, frame: Any) -> Any:
         """A copy of an out-of-band frame made by ``pack`` (``bytes`` are copies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from textwrap import dedent
 
 import h5py
 import pytest
+
+from conftest import Process
+from helpers.threads import blocks, other_threads
 
 TIMEOUT_S = 60.0
 
@@ -435,3 +439,32 @@ def test_interactive_numbers_choices_and_scans(lab: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].endswith("got 3 2000000.0 b [0.0, 1.0]")
     assert result.stderr.count("invalid value for") == 2  # "x" for n, "c" for mode
+
+
+def test_ctrl_c_interrupts_a_blocking_call(lab: Path) -> None:
+    """numpy's BLAS threads block SIGINT (they start with the mask the frontend sets
+    while importing numpy): a SIGINT aimed at one of them goes to the main thread,
+    which leaves its sleep at once (exit code 130)."""
+    experiment(lab, '''\
+        import time
+
+
+        class Sleeper(EnvExperiment):
+            def run(self):
+                print("sleeping", flush=True)
+                time.sleep(60)
+        ''')
+    process = Process([sys.executable, "-m", "artiq_bus.frontend.artiq_run", "exp.py"], lab)
+    try:
+        process.wait_for_line("^sleeping$")
+        others = other_threads(process.popen.pid)
+        if not others:
+            pytest.skip("no thread besides the main one on this machine")
+        assert all(blocks(process.popen.pid, tid, signal.SIGINT) for tid in others)
+        # kill() aimed at a thread's ID is a process-wide signal that this thread is the
+        # first to be offered
+        os.kill(others[0], signal.SIGINT)
+        assert process.wait(10.0) == 130, process.output()
+    finally:
+        process.stop()
+    assert "artiq_run: interrupted" in process.output()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,26 @@ def test_reader_sees_complete_file_only(tmp_path: Path,
     assert seen and not any(seen)
     with h5py.File(path, "r") as f:
         assert f["datasets/a"][()] == 1
+
+
+def test_hdf5_tools_read_a_results_file(tmp_path: Path) -> None:
+    """The HDF5 command-line tools (Debian's hdf5-tools, built on HDF5 1.10, not the
+    library h5py brings) read every field, group, dataset and attribute."""
+    h5dump = shutil.which("h5dump")
+    if h5dump is None:
+        pytest.skip("no h5dump here (.ci/run installs Debian's hdf5-tools)")
+    path = write(tmp_path / "r.h5", {"counts": np.arange(3, dtype=np.int32),
+                                     "label": "first", "blob": b"\x00\x01"},
+                 archive={"freq": 1.5e6}, metadata={"freq": {"unit": "MHz"}},
+                 outcome="completed")
+    result = subprocess.run([h5dump, str(path)], capture_output=True, text=True,
+                            timeout=30.0)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    dump = result.stdout
+    for name in ("datasets", "archive"):
+        assert f'GROUP "{name}"' in dump
+    for name in ("artiq_version", "rid", "start_time", "run_time", "expid", "outcome",
+                 "counts", "label", "blob", "freq"):
+        assert f'DATASET "{name}"' in dump, name
+    assert 'ATTRIBUTE "unit"' in dump and '"MHz"' in dump
+    assert "(0): 42" in dump and "0, 1, 2" in dump and '"completed"' in dump

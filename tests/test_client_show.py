@@ -168,6 +168,18 @@ def test_bad_input_is_one_line_and_an_exit_code(master: Master) -> None:
         assert stderr.strip(), argv
 
 
+def test_sigterm_ends_a_view_as_ctrl_c_does(master: Master, tmp_path: Path) -> None:
+    """A view stopped by SIGTERM (a service manager, ``kill``) also ends cleanly."""
+    file = write_experiment(tmp_path, "ask.py", ASK)
+    with show(master, tmp_path, "schedule") as view:
+        view.wait_for_line(r"^RID\s+Pipeline\s+Status")
+        rid = submit(master, file, due_date=FAR)
+        view.wait_for_line(rf"^{rid}\s+main\s+pending")  # a redraw: the view waits
+        view.signal(signal.SIGTERM)
+        assert view.wait(10.0) == 0, view.output()
+    assert "Traceback" not in view.output(), view.output()
+
+
 def test_a_ctrl_c_aimed_at_another_thread_ends_the_view(master: Master,
                                                        tmp_path: Path) -> None:
     """The kernel may hand a process's SIGINT to any thread that does not block it:

@@ -171,12 +171,13 @@ def reporting_errors(program: str) -> Iterator[None]:
 
 
 async def until_interrupted() -> None:
-    """Return at Ctrl-C (SIGINT) or SIGTERM.
+    """Return at Ctrl-C (SIGINT) or SIGTERM: the caller then ends as it would at the
+    end of its work (its ``finally`` blocks run, exit code 0).
 
-    The loop's own signal handling, not ``asyncio.run``'s KeyboardInterrupt: the kernel
-    may hand a process's signal to any thread that does not block it (numpy's BLAS
-    threads do not), and only a signal that writes to the loop's wake-up pipe is sure to
-    wake a loop asleep in ``select`` on the main thread.
+    The loop's own signal handling, not ``asyncio.run``'s KeyboardInterrupt: a signal
+    that writes to the loop's wake-up pipe wakes a loop asleep in ``select`` whichever
+    thread takes it (the package blocks these signals in numpy's threads, see
+    :mod:`artiq_bus.frontend`, but a library may start others).
     """
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()

@@ -9,8 +9,11 @@ import zmq
 
 from artiq_bus.broker import Broker, BrokerConfig
 from artiq_bus.client import AsyncClient
-from artiq_bus.protocol import NoSuchService, Overloaded
+from artiq_bus.net import SocketReader
+from artiq_bus.protocol import (Command, DeadlineExceeded, NoSuchService, Overloaded, pack,
+                                reply_result, request_envelope, split_command)
 from artiq_bus.runtime import ServiceHost
+from helpers import FAST_BROKER
 
 
 async def _never(delay: float = 30.0) -> None:
@@ -79,4 +82,38 @@ async def _registrations_beyond_the_limit(context: zmq.Context) -> None:
         await client.stop()
         for host in hosts:
             await host.stop()
+        await broker.stop()
+
+
+def test_a_deadline_passed_at_the_broker_names_the_call(context: zmq.Context) -> None:
+    asyncio.run(_deadline_at_the_broker(context))
+
+
+async def _deadline_at_the_broker(context: zmq.Context) -> None:
+    """A caller that keeps no deadline of its own (a raw DEALER) still gets one reply:
+    DeadlineExceeded from the broker, in the words a client's own deadline uses."""
+    broker = Broker(context, FAST_BROKER)
+    await broker.start()
+    host = ServiceHost(context, broker.inproc, "slow", {"never": _never})
+    await host.start()
+    caller = context.socket(zmq.DEALER)
+    caller.connect(broker.inproc.control)
+    try:
+        await asyncio.wait_for(host.registered.wait(), 5)
+        caller.send_multipart(request_envelope(b"r1", "slow", "never", 0.2,
+                                               pack([[], {}])[0]))
+        reader = SocketReader(caller)
+        try:
+            replies = await asyncio.wait_for(reader.recv_batch(copy=True), 5)
+        finally:
+            reader.close()
+        command, rest = split_command(replies[0])
+        assert command is Command.REPLY and rest[0] == b"r1"
+        with pytest.raises(DeadlineExceeded,
+                           match=r"^slow\.never: no reply within 0\.2 s \(deadline passed "
+                                 r"at the broker\)$"):
+            reply_result(rest)
+    finally:
+        caller.close(linger=0)
+        await host.stop()
         await broker.stop()

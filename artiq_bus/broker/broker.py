@@ -264,13 +264,13 @@ class Broker:
             self._reply_error(caller, request_id, Overloaded(
                 f"broker has {self.config.max_in_flight} requests in flight"))
         else:
-            self._forward_request(caller, request_id, entry, rest, seconds)
+            self._forward_request(caller, request_id, entry, method_name, rest, seconds)
 
     def _forward_request(self, caller: bytes, request_id: bytes, entry: ServiceEntry,
-                         rest: Sequence[Any], seconds: float) -> None:
+                         method_name: str, rest: Sequence[Any], seconds: float) -> None:
         key = (caller, request_id)
         # In flight before it is sent: a local service may answer within the send.
-        self.registry.add_request(key, entry, time.monotonic() + seconds)
+        self.registry.add_request(key, entry, method_name, seconds, time.monotonic())
         error = self._send([entry.identity, VERSION, _REQ, caller,
                             request_id, *rest[2:]])
         if not error:
@@ -393,8 +393,8 @@ class Broker:
                 continue
             if self._send([entry.identity, VERSION, _HB]) == zmq.EHOSTUNREACH:
                 self._service_lost(entry, "its connection is gone")
-        expired = self.registry.expired_requests(now)
-        self._fail(expired, DeadlineExceeded("the service did not answer in time"))
+        for (caller, request_id), flight in self.registry.expired_requests(now):
+            self._reply_error(caller, request_id, DeadlineExceeded(flight.deadline_error()))
 
 
 def _small(frame: Any) -> bytes:

@@ -34,6 +34,15 @@ class InFlight:
 
     service: ServiceEntry
     expiry: float
+    method: str
+    timeout_s: float
+
+    def deadline_error(self) -> str:
+        """What its caller is told when the deadline passes: the words a caller's own
+        deadline uses, so that the message does not depend on which of the two fires
+        first."""
+        return (f"{self.service.name}.{self.method}: no reply within {self.timeout_s:g} s "
+                f"(deadline passed at the broker)")
 
 
 class Registry:
@@ -106,8 +115,9 @@ class Registry:
     def in_flight_full(self) -> bool:
         return len(self._in_flight) >= self.max_in_flight
 
-    def add_request(self, key: RequestKey, entry: ServiceEntry, expiry: float) -> None:
-        self._in_flight[key] = InFlight(entry, expiry)
+    def add_request(self, key: RequestKey, entry: ServiceEntry, method: str,
+                    timeout_s: float, now: float) -> None:
+        self._in_flight[key] = InFlight(entry, now + timeout_s, method, timeout_s)
         entry.in_flight.add(key)
 
     def complete_request(self, key: RequestKey, identity: bytes) -> bool:
@@ -119,11 +129,13 @@ class Registry:
         flight.service.in_flight.discard(key)
         return True
 
-    def expired_requests(self, now: float) -> list[RequestKey]:
+    def expired_requests(self, now: float) -> list[tuple[RequestKey, InFlight]]:
         """Forget and return the requests whose caller's deadline has passed."""
-        expired = [key for key, flight in self._in_flight.items() if flight.expiry <= now]
-        for key in expired:
-            self._in_flight.pop(key).service.in_flight.discard(key)
+        expired = [(key, flight) for key, flight in self._in_flight.items()
+                   if flight.expiry <= now]
+        for key, flight in expired:
+            del self._in_flight[key]
+            flight.service.in_flight.discard(key)
         return expired
 
     def silent_services(self, since: float) -> list[ServiceEntry]:

@@ -12,12 +12,12 @@ import contextlib
 import logging
 import signal
 import sys
-import tempfile
 import time
 
 import zmq
 
 from ..broker.broker import Broker, BrokerConfig
+from ..files import ScratchDirectory
 from ..client.aio import AsyncClient
 from ..net import (
     BusAddress,
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     init_console_logging(log_level(args), "master")
     with reporting_errors(PROGRAM):
         try:
-            with tempfile.TemporaryDirectory(prefix="artiq_bus-") as directory:
-                local = _local_endpoints(directory)
+            with ScratchDirectory("ipc") as directory:
+                local = _local_endpoints(str(directory))
                 config = broker_config(args, local)
                 asyncio.run(Master(args, config, local).run())
         except zmq.ZMQError as exc:

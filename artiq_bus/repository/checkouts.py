@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..files import ScratchDirectory
 from .backends import Backend, BackendKind
 
 __all__ = ["Checkouts"]
@@ -36,7 +37,7 @@ class Checkouts:
     def __init__(self, backend: Backend, executor: concurrent.futures.Executor):
         self._backend = backend
         self._executor = executor
-        self._base: Path | None = None
+        self._base: ScratchDirectory | None = None
         self._checkouts: dict[str, _Checkout] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong references
 
@@ -82,8 +83,8 @@ class Checkouts:
 
     def _write(self, rev: str) -> Path:
         if self._base is None:
-            self._base = Path(tempfile.mkdtemp(prefix="artiq_bus-checkouts-"))
-        directory = Path(tempfile.mkdtemp(prefix=rev[:12] + "-", dir=self._base))
+            self._base = ScratchDirectory("checkouts")
+        directory = Path(tempfile.mkdtemp(prefix=rev[:12] + "-", dir=self._base.path))
         try:
             self._backend.write_tree(rev, directory)
         except BaseException:
@@ -111,5 +112,5 @@ class Checkouts:
         """Remove every checkout (the master is stopping)."""
         self._checkouts.clear()
         if self._base is not None:
-            await self._blocking(shutil.rmtree, self._base, True)
+            await self._blocking(self._base.remove)
             self._base = None

@@ -33,7 +33,6 @@ import os
 import selectors
 import signal
 import sys
-import tempfile
 from typing import Any, BinaryIO
 
 # Imported here, before any fork, so that children start with them loaded.  Not h5py:
@@ -43,6 +42,7 @@ import msgpack  # noqa: F401
 import numpy  # noqa: F401
 import zmq  # noqa: F401
 
+from ..files import ScratchDirectory
 from ..language import environment  # noqa: F401
 from . import code_cache, experiment, process, warmup  # noqa: F401
 from .compat import ALIASES, install_artiq_compat
@@ -195,7 +195,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when we stop
     gc.disable()
     _preload_artiq_names()
-    with tempfile.TemporaryDirectory(prefix="artiq_bus-code-") as code_directory:
+    with ScratchDirectory("code") as code_directory:
         code_cache.use_directory(code_directory)  # before the rehearsal: it fills it
         Zygote(sys.stdin.buffer, sys.stdout.buffer).serve()
 

@@ -138,8 +138,10 @@ def sh(command: str, cwd: Path, env: dict[str, str], timeout_s: float = 60.0) ->
 
 
 def checkout_dirs(tmp: Path) -> list[Path]:
-    """The master's checkouts of revisions (its TMPDIR is ``tmp``)."""
-    return sorted(path for base in tmp.glob("artiq_bus-checkouts-*") for path in base.iterdir())
+    """The master's checkouts of revisions (its TMPDIR is ``tmp``; not the lock that
+    keeps their directory while the master lives)."""
+    return sorted(path for base in tmp.glob("artiq_bus-checkouts-*") for path in base.iterdir()
+                  if not path.name.startswith("."))
 
 
 #: An experiment with one argument, as in the tutorial.

@@ -95,6 +95,28 @@ def test_a_directory_that_is_gone_still_compiles(cache_dir: Path) -> None:
     assert not cache_dir.exists()
 
 
+def test_the_oldest_entries_go_beyond_the_limit(cache_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_ENTRIES the oldest quarter goes; the lock file and entries being
+    written are not entries; a removed entry is compiled again."""
+    monkeypatch.setattr(code_cache, "MAX_ENTRIES", 8)
+    (cache_dir / ".owner.lock").touch()
+    (cache_dir / "abc.123.tmp").touch()
+    compiler = Compiler()
+    for value in range(8):
+        before = set(cache_dir.iterdir())
+        cached_code(f"x = {value}\n", "a.py", compiler)
+        (entry,) = set(cache_dir.iterdir()) - before
+        os.utime(entry, ns=(value * 10**9, value * 10**9))  # written in this order
+    assert len(list(cache_dir.iterdir())) == 10
+    cached_code("x = 8\n", "a.py", compiler)  # the ninth: down to 6
+    assert len(list(cache_dir.iterdir())) == 6 + 2
+    assert (cache_dir / ".owner.lock").exists() and (cache_dir / "abc.123.tmp").exists()
+    for value, calls in ((8, 9), (5, 9), (2, 10)):  # kept, kept, removed
+        assert run(cached_code(f"x = {value}\n", "a.py", compiler))["x"] == value
+        assert compiler.calls == calls
+
+
 def test_no_future_import_of_the_caller_leaks_into_the_code() -> None:
     """This test module has ``from __future__ import annotations``; the code does not."""
     namespace = run(cached_code("def f(x: int): pass\n", "f.py", compile_text))

@@ -13,7 +13,9 @@ or bytes: a coding cookie counts only in bytes), the optimisation level and the
 interpreter's bytecode version.  The directory is private to the zygote's user and
 removed when the zygote ends; an entry that cannot be read or written is compiled again,
 never an error.  Entries are written under a temporary name and renamed, so a reader
-sees a whole entry or none; they are not flushed to disk (a cache).
+sees a whole entry or none; they are not flushed to disk (a cache).  Beyond
+:data:`MAX_ENTRIES` the oldest are removed: a master that runs for months while its
+files are edited every day must not fill its temporary directory (often memory).
 
 A process where :func:`use_directory` was never called (``artiq_run``, tests) compiles
 every time, as before.
@@ -31,11 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import CodeType
 
-__all__ = ["cached_code", "compile_text", "use_directory"]
+__all__ = ["cached_code", "compile_text", "use_directory", "MAX_ENTRIES"]
 
 logger = logging.getLogger(__name__)
 
 Source = str | bytes
+
+#: Entries kept; a write that finds more removes the oldest quarter (by when they were
+#: written: one removed too early only costs one compile).
+MAX_ENTRIES = 1024
 
 #: Where this process's workers share compiled code (None: compile every time).
 _directory: Path | None = None
@@ -98,3 +104,29 @@ def _write(key: str, code: CodeType) -> None:
     except OSError as exc:  # a full disk, a directory gone: this run compiled anyway
         logger.debug("code cache: cannot keep %s (%s)", key[:12], exc)
         temp.unlink(missing_ok=True)
+        return
+    _evict_oldest(_directory)
+
+
+def _evict_oldest(directory: Path) -> None:
+    """Down to three quarters of :data:`MAX_ENTRIES` when there are more (entries only:
+    not temporaries being written, nor the directory's lock)."""
+    entries = []
+    try:
+        with os.scandir(directory) as scan:
+            for entry in scan:
+                if not entry.name.startswith(".") and not entry.name.endswith(".tmp"):
+                    try:
+                        entries.append((entry.stat().st_mtime_ns, entry.path))
+                    except FileNotFoundError:  # another worker removed it
+                        pass
+    except OSError:
+        return
+    if len(entries) <= MAX_ENTRIES:
+        return
+    entries.sort()
+    for _, path in entries[:len(entries) - MAX_ENTRIES * 3 // 4]:
+        try:
+            os.unlink(path)
+        except OSError:  # removed by another worker meanwhile
+            pass

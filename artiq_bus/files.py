@@ -123,7 +123,7 @@ def remove_abandoned(root: str | None = None) -> list[Path]:
     temporary directory) whose owner is gone; the ones removed.  A directory without a
     lock file (being made this moment, or left by an older version) is left alone."""
     root = root or tempfile.gettempdir()
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(root))
     except OSError:

@@ -17,8 +17,8 @@ import time
 import zmq
 
 from ..broker.broker import Broker, BrokerConfig
-from ..files import ScratchDirectory
 from ..client.aio import AsyncClient
+from ..files import ScratchDirectory
 from ..net import (
     BusAddress,
     CurveClient,

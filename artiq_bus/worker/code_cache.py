@@ -111,7 +111,7 @@ def _write(key: str, code: CodeType) -> None:
 def _evict_oldest(directory: Path) -> None:
     """Down to three quarters of :data:`MAX_ENTRIES` when there are more (entries only:
     not temporaries being written, nor the directory's lock)."""
-    entries = []
+    entries: list[tuple[int, str]] = []
     try:
         with os.scandir(directory) as scan:
             for entry in scan:

@@ -21,6 +21,9 @@ from artiq_bus.worker import warmup
 from artiq_bus.worker.compat import install_artiq_compat
 from artiq_bus.worker.warmup import rehearse_build
 
+#: The master's spare workers (--worker-spares default).
+SPARES = 2
+
 
 def test_rehearsal_builds_and_leaves_no_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
@@ -72,9 +75,15 @@ def test_zygote_rehearsal_without_a_broker_gives_up_quickly(
 
 
 def test_the_master_s_zygote_forks_with_one_thread_and_no_socket(master: Master) -> None:
+    """Looked at once it has forked the results node and the spares: its imports and
+    rehearsal (which opens sockets, and closes them) are over."""
     zygote = next(pid for pid in descendants(master.popen.pid)
                   if "artiq_bus.worker.zygote" in Path(f"/proc/{pid}/cmdline").read_text()
                   and _parent(pid) == master.popen.pid)
+    deadline = time.monotonic() + 20.0
+    while len([pid for pid in descendants(zygote) if _parent(pid) == zygote]) < 1 + SPARES:
+        assert time.monotonic() < deadline, "the zygote forked no spares"
+        time.sleep(0.01)
     assert os.listdir(f"/proc/{zygote}/task") == [str(zygote)]
     links = [os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")]
     assert not [link for link in links if link.startswith("socket:")], links

@@ -155,7 +155,8 @@ class Master:
             LogNode.from_args(args), ManagementNode(args.name, self.terminate),
             DevicesNode.from_args(args), DatasetsNode.from_args(args),
             WorkerPool(local, args.worker_spares, log_level(args),
-                       CurveClient.for_worker(config.curve) if config.curve else None),
+                       CurveClient.for_worker(config.curve) if config.curve else None,
+                       args.worker_preload),
             RepositoryNode.from_args(args),  # before the scheduler: it pins revisions
             SchedulerNode.from_args(args)]
 

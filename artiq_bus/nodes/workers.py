@@ -12,6 +12,10 @@ already starting is free for it).  The zygote reports every exit, so the pool ca
 how a worker died (``signal 9``, ``exit code 1``).  When the master goes, the zygote
 sees its stdin close and kills every worker: no orphans.
 
+Modules named with ``--worker-preload`` are imported by the zygote before its first
+fork, so that runs find them loaded (``scipy.optimize`` costs a fresh process about half
+a second); one that cannot be imported is logged, and runs import it themselves.
+
 The zygote also forks the results node (:mod:`artiq_bus.nodes.results`), which writes
 the workers' results files; the pool starts it again, after a pause, when it dies.
 
@@ -30,6 +34,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from ..net import BusAddress, CurveClient
@@ -61,14 +66,32 @@ def describe_status(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+def _log_preloaded(outcomes: list[dict[str, Any]]) -> None:
+    """What the zygote says of each module of ``--worker-preload``."""
+    for outcome in outcomes:
+        name, error, threads = outcome["module"], outcome["error"], outcome["threads"]
+        if error is not None:
+            logger.error("workers: cannot preload module %r (%s): runs import it "
+                         "themselves", name, error)
+        elif threads:
+            logger.warning("workers: module %r preloaded, but its import started %d "
+                           "thread(s): workers do not get them, and one that holds a "
+                           "lock when a worker is forked hangs that worker; better not "
+                           "preload it", name, threads)
+        else:
+            logger.info("workers: module %r preloaded", name)
+
+
 class WorkerPool:
     """Owns the zygote and the spare workers."""
 
     services = (WORKERS_SERVICE,)
 
     def __init__(self, worker_address: BusAddress, spares: int = 1,
-                 log_level: int = logging.WARNING, curve: CurveClient | None = None):
+                 log_level: int = logging.WARNING, curve: CurveClient | None = None,
+                 preload: Sequence[str] = ()):
         self._worker_address = worker_address
+        self._preload = list(preload)
         self._curve = curve
         self._spares_wanted = max(1, spares)
         self._log_level = log_level
@@ -94,6 +117,13 @@ class WorkerPool:
         parser.add_argument("--worker-spares", type=int, default=2,
                             help="worker processes kept ready for the next run "
                                  "(default: %(default)s)")
+        parser.add_argument("--worker-preload", action="append", default=[],
+                            metavar="MODULE",
+                            help="import MODULE once, in the process workers are forked "
+                                 "from, so that runs find it loaded (installed modules "
+                                 "that start no threads on import, such as scipy.optimize; "
+                                 "not the repository's own, which change with its "
+                                 "revisions); repeatable")
 
     async def start(self, bus: BusConnection) -> None:
         self._zygote = await asyncio.create_subprocess_exec(
@@ -103,6 +133,8 @@ class WorkerPool:
         self._host = bus.service(WORKERS_SERVICE, rpc_methods(self))
         await self._host.start()
         await self._host.registered.wait()
+        if self._preload:
+            self._command({"preload": self._preload})
         self._command({"warm_up": self._bus_config()})  # before the first fork
         self._spawn_results()
         self._top_up()
@@ -178,6 +210,8 @@ class WorkerPool:
                     self._on_results_exit(message["status"])
                 else:
                     self._on_exit(message["exited"], message["status"])
+            elif "preloaded" in message:
+                _log_preloaded(message["preloaded"])
         code = await self._zygote.wait()
         if code != 0:
             logger.error("workers: the zygote ended with code %d", code)

@@ -8,6 +8,9 @@ destroys its own first: see :mod:`.warmup`.)  A CONFIG with ``"role": "results"`
 starts the results node instead (:mod:`artiq_bus.nodes.results`): a long-lived child
 that writes results files.  Protocol on stdin/stdout, one JSON object per line:
 
+    → {"preload": [MODULE, ...]}            import modules every run would import
+    ← {"preloaded": [{"module": MODULE, "error": null or "Type: message",
+                      "threads": N started by its import}, ...]}
     → {"warm_up": BUS_CONFIG}               rehearse a worker's work (worker.warmup.warm_up)
     → {"spawn": CONFIG}                     fork a worker running worker.process.main(CONFIG)
     ← {"spawned": PID, "role": ROLE}        (ROLE: CONFIG's "role", default "worker")
@@ -93,6 +96,9 @@ class Zygote:
     def _command(self, command: dict[str, Any]) -> None:
         if "spawn" in command:
             self._spawn(command["spawn"])
+        elif "preload" in command:
+            self._reply({"preloaded": [_preload(name) for name in command["preload"]]})
+            gc.collect()  # the imports' garbage: the collector is off in the zygote
         elif "warm_up" in command:
             warmup.warm_up(command["warm_up"])
             gc.collect()  # the rehearsal's garbage: the collector is off in the zygote
@@ -182,6 +188,22 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _preload(name: str) -> dict[str, Any]:
+    """Import module ``name`` here, so that workers find it loaded; how it went.  A
+    module that starts threads on import is kept, but workers do not get its threads
+    (a fork copies only the calling thread)."""
+    threads = _thread_count()
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:  # noqa: BLE001 (SystemExit too: the zygote stays)
+        return {"module": name, "error": f"{type(exc).__name__}: {exc}", "threads": 0}
+    return {"module": name, "error": None, "threads": max(0, _thread_count() - threads)}
+
+
+def _thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
 
 
 def _preload_artiq_names() -> None:

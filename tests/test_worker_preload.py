@@ -1,0 +1,92 @@
+"""``artiq_master --worker-preload MODULE``: the zygote imports the module once, and
+every worker forked from it finds it loaded; a module that cannot be imported (missing,
+raising, even ``SystemExit``) or that starts threads is reported, and the master runs
+experiments as before.  Real master, zygote and workers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conftest import Master
+from helpers.runs import ScheduleWatch, submit, write_experiment
+
+#: Modules for the zygote to preload, on the master's PYTHONPATH.
+MODULES = {
+    # records which process imported it: a worker tells whether it was the zygote
+    "labmod": "import os\nIMPORTED_BY = os.getpid()\n",
+    "threadmod": "import threading, time\n"
+                 "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n",
+    "raisemod": 'raise RuntimeError("no hardware here")\n',
+    "exitmod": "raise SystemExit(3)\n",
+}
+
+PRINTS_WHERE = '''\
+import os
+
+from artiq.experiment import *
+
+
+class Where(EnvExperiment):
+    def run(self):
+        import labmod
+        loaded = labmod.IMPORTED_BY != os.getpid()
+        print("labmod " + ("preloaded" if loaded else "imported here"))
+'''
+
+
+def start_master(tmp_path: Path, *modules: str) -> Master:
+    library = tmp_path / "lib"
+    library.mkdir()
+    for name, source in MODULES.items():
+        (library / f"{name}.py").write_text(source)
+    preload = [argument for name in modules for argument in ("--worker-preload", name)]
+    return Master(tmp_path, "-v", *preload, env={"PYTHONPATH": str(library)}).wait_ready()
+
+
+def run_where(master: Master, tmp_path: Path, rid: int) -> str:
+    file = write_experiment(tmp_path, "where.py", PRINTS_WHERE)
+    with ScheduleWatch(master) as watch:
+        assert submit(master, file) == rid
+        line = master.wait_for_line(rf"^INFO:worker\({rid},where\.py\):print:labmod ")
+        watch.wait_gone(rid)
+    return line.rsplit(":", 1)[1]
+
+
+def test_workers_find_a_preloaded_module_loaded(tmp_path: Path) -> None:
+    master = start_master(tmp_path, "labmod")
+    try:
+        master.wait_for_line(r"workers: module 'labmod' preloaded$")
+        assert run_where(master, tmp_path, 0) == "labmod preloaded"
+    finally:
+        assert master.stop() == 0, master.output()
+
+
+def test_without_preload_each_run_imports_it(tmp_path: Path) -> None:
+    master = start_master(tmp_path)
+    try:
+        assert run_where(master, tmp_path, 0) == "labmod imported here"
+    finally:
+        assert master.stop() == 0, master.output()
+
+
+def test_modules_that_fail_or_start_threads_are_reported(tmp_path: Path) -> None:
+    """Each problem gets one clear line; the zygote lives on, preloads the rest and
+    forks workers as usual."""
+    master = start_master(tmp_path, "nosuchmod", "raisemod", "exitmod", "threadmod",
+                          "labmod")
+    try:
+        expected = [
+            r"ERROR:.*cannot preload module 'nosuchmod' \(ModuleNotFoundError: No module "
+            r"named 'nosuchmod'\): runs import it themselves",
+            r"ERROR:.*cannot preload module 'raisemod' \(RuntimeError: no hardware here\)",
+            r"ERROR:.*cannot preload module 'exitmod' \(SystemExit: 3\)",
+            r"WARNING:.*module 'threadmod' preloaded, but its import started 1 thread\(s\)",
+            r"INFO:.*module 'labmod' preloaded$",
+        ]
+        for pattern in expected:
+            master.wait_for_line(pattern)
+        assert run_where(master, tmp_path, 0) == "labmod preloaded"
+        assert not re.search(r"Traceback", master.output())
+    finally:
+        assert master.stop() == 0, master.output()

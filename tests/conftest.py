@@ -52,6 +52,16 @@ def free_port() -> int:
         return port
 
 
+# A shell that starts the suite in the background without job control ignores SIGINT,
+# and children keep an ignored signal across exec: the tests of Ctrl-C would then see
+# their program ignore it.  Programs started here get the default, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+#: How long output() waits, after the process exited, for the rest of its output.
+_READ_REST_S = 5.0
+
+
 class Process:
     """A child process whose combined output is read line by line on a thread."""
 
@@ -62,7 +72,9 @@ class Process:
         self.popen = subprocess.Popen(
             argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._rest_read = False
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -92,7 +104,12 @@ class Process:
                 return line
 
     def output(self) -> str:
-        """Everything printed so far (drains what the reader thread has queued)."""
+        """Everything printed so far (drains what the reader thread has queued); once
+        the process has exited, everything it printed (its last lines may still be in
+        the pipe when it is reaped)."""
+        if not self._rest_read and self.popen.poll() is not None:
+            self._reader.join(_READ_REST_S)  # bounded: a child may hold the pipe open
+            self._rest_read = True
         while True:
             try:
                 line = self._queue.get_nowait()

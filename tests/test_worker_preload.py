@@ -19,6 +19,9 @@ MODULES = {
                  "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n",
     "raisemod": 'raise RuntimeError("no hardware here")\n',
     "exitmod": "raise SystemExit(3)\n",
+    # prints on import, three ways: none of it may reach the zygote's replies (stdout)
+    "printmod": "import os, sys\nprint('printmod: print')\nos.write(1, b'printmod: fd 1\\n')\n"
+                "sys.__stdout__.write('printmod: __stdout__\\n')\n",
 }
 
 PRINTS_WHERE = '''\
@@ -72,21 +75,25 @@ def test_without_preload_each_run_imports_it(tmp_path: Path) -> None:
 
 def test_modules_that_fail_or_start_threads_are_reported(tmp_path: Path) -> None:
     """Each problem gets one clear line; the zygote lives on, preloads the rest and
-    forks workers as usual."""
-    master = start_master(tmp_path, "nosuchmod", "raisemod", "exitmod", "threadmod",
-                          "labmod")
+    forks workers as usual.  What a module prints shows on the master's console."""
+    master = start_master(tmp_path, "nosuchmod", "raisemod", "exitmod", "printmod",
+                          "threadmod", "labmod")
     try:
         expected = [
             r"ERROR:.*cannot preload module 'nosuchmod' \(ModuleNotFoundError: No module "
             r"named 'nosuchmod'\): runs import it themselves",
             r"ERROR:.*cannot preload module 'raisemod' \(RuntimeError: no hardware here\)",
             r"ERROR:.*cannot preload module 'exitmod' \(SystemExit: 3\)",
+            r"INFO:.*module 'printmod' preloaded$",
             r"WARNING:.*module 'threadmod' preloaded, but its import started 1 thread\(s\)",
             r"INFO:.*module 'labmod' preloaded$",
         ]
         for pattern in expected:
             master.wait_for_line(pattern)
         assert run_where(master, tmp_path, 0) == "labmod preloaded"
-        assert not re.search(r"Traceback", master.output())
+        output = master.output()
+        assert not re.search(r"Traceback|not a reply", output)
+        for way in ("print", "fd 1", "__stdout__"):
+            assert f"printmod: {way}" in output.splitlines()
     finally:
         assert master.stop() == 0, master.output()

@@ -13,8 +13,8 @@ how a worker died (``signal 9``, ``exit code 1``).  When the master goes, the zy
 sees its stdin close and kills every worker: no orphans.
 
 Modules named with ``--worker-preload`` are imported by the zygote before its first
-fork, so that runs find them loaded (``scipy.optimize`` costs a fresh process about half
-a second); one that cannot be imported is logged, and runs import it themselves.
+fork, so that runs find them loaded (``scipy.optimize`` costs a fresh process 0.2 to
+0.5 s); one that cannot be imported is logged, and runs import it themselves.
 
 The zygote also forks the results node (:mod:`artiq_bus.nodes.results`), which writes
 the workers' results files; the pool starts it again, after a pause, when it dies.
@@ -199,7 +199,11 @@ class WorkerPool:
     async def _read_zygote(self) -> None:
         assert self._zygote is not None and self._zygote.stdout is not None
         async for line in self._zygote.stdout:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:  # never ours: the zygote keeps user output off stdout
+                logger.error("workers: the zygote wrote %r, not a reply", line[:200])
+                continue
             if "spawned" in message:
                 if message.get("role") == ChildRole.RESULTS:
                     self._results_pid = message["spawned"]

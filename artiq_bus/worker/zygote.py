@@ -28,6 +28,7 @@ so copy nearly every page of the parent (copy-on-write), milliseconds of CPU per
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import gc
 import importlib
@@ -36,6 +37,7 @@ import os
 import selectors
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 # Imported here, before any fork, so that children start with them loaded.  Not h5py:
@@ -196,10 +198,27 @@ def _preload(name: str) -> dict[str, Any]:
     (a fork copies only the calling thread)."""
     threads = _thread_count()
     try:
-        importlib.import_module(name)
+        with _stdout_to_stderr():
+            importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 (SystemExit too: the zygote stays)
         return {"module": name, "error": f"{type(exc).__name__}: {exc}", "threads": 0}
     return {"module": name, "error": None, "threads": max(0, _thread_count() - threads)}
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """What user code prints goes to stderr (the master's console), never into the
+    replies on stdout, from Python or from C."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _thread_count() -> int:

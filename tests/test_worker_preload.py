@@ -6,10 +6,16 @@ experiments as before.  Real master, zygote and workers."""
 from __future__ import annotations
 
 import re
+import signal
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import Master
 from helpers.runs import ScheduleWatch, submit, write_experiment
+
+from artiq_bus.worker import zygote
 
 #: Modules for the zygote to preload, on the master's PYTHONPATH.
 MODULES = {
@@ -97,3 +103,24 @@ def test_modules_that_fail_or_start_threads_are_reported(tmp_path: Path) -> None
             assert f"printmod: {way}" in output.splitlines()
     finally:
         assert master.stop() == 0, master.output()
+
+
+def test_an_import_that_hangs_is_given_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module waiting for hardware that is off: the import is abandoned after
+    PRELOAD_TIMEOUT_S and reported; an alarm set before goes on."""
+    (tmp_path / "hangmod.py").write_text("import time\ntime.sleep(3600)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(zygote, "PRELOAD_TIMEOUT_S", 0.2)
+    handler = signal.getsignal(signal.SIGALRM)  # pytest-timeout's, perhaps
+    signal.setitimer(signal.ITIMER_REAL, 600.0)  # another alarm, running
+    started = time.monotonic()
+    outcome = zygote._preload("hangmod")
+    assert time.monotonic() - started < 5.0
+    assert outcome == {"module": "hangmod", "error": "TimeoutError: import took more than "
+                       "0.2 s", "threads": 0}
+    try:
+        assert 590.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 600.0  # still running
+        assert signal.getsignal(signal.SIGALRM) is handler
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    assert "hangmod" not in sys.modules

@@ -37,6 +37,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -62,6 +63,9 @@ class ChildRole(enum.StrEnum):
 
 #: How long children get between SIGTERM and SIGKILL when the zygote shuts down.
 _SHUTDOWN_GRACE_S = 1.0
+#: How long a module of ``--worker-preload`` may take to import (one that waits for
+#: hardware that is off must not leave the master without workers).
+PRELOAD_TIMEOUT_S = 30.0
 
 
 class Zygote:
@@ -198,11 +202,30 @@ def _preload(name: str) -> dict[str, Any]:
     (a fork copies only the calling thread)."""
     threads = _thread_count()
     try:
-        with _stdout_to_stderr():
+        with _stdout_to_stderr(), _deadline(PRELOAD_TIMEOUT_S):
             importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 (SystemExit too: the zygote stays)
         return {"module": name, "error": f"{type(exc).__name__}: {exc}", "threads": 0}
     return {"module": name, "error": None, "threads": max(0, _thread_count() - threads)}
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """TimeoutError in this (the main) thread after ``seconds``: a wait in Python, or
+    in a system call, ends; a loop inside C code does not."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"import took more than {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    started = time.monotonic()
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if delay:  # someone's alarm was running: it goes on
+            remaining = delay - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-6), interval)
 
 
 @contextlib.contextmanager

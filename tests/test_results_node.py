@@ -20,14 +20,17 @@ from helpers.runs import (
     ScheduleWatch,
     read_results,
     results_file,
+    results_files,
     submit,
     wait_dead,
     write_experiment,
 )
+from helpers.threads import python_threads, thread_stopped
 
 from artiq_bus.client.aio import AsyncClient
 from artiq_bus.client.sync import Client
 from artiq_bus.protocol import RemoteError
+from artiq_bus.scheduling.bus_worker import END_STEP_S
 from artiq_bus.worker.process import BACKGROUND_NICE, lower_priority
 from artiq_bus.worker.results import write_results
 
@@ -230,6 +233,29 @@ def test_the_analyze_stage_does_not_wait_for_the_disk(master: Master,
     for rid in (first, second):
         assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
     assert node_status(master)["written"] == 2
+
+
+def test_a_stalled_disk_never_ends_a_run_before_its_file_is_on_disk(
+        master: Master, tmp_path: Path) -> None:
+    """The node's writer thread stuck (stopped alone, as by a stalled disk; the node
+    itself answers) for longer than the worker's last step (END_STEP_S, then SIGTERM):
+    nothing escalates while the worker waits for its file, and the run leaves the
+    schedule only once the file is on disk."""
+    node = node_status(master)["pid"]  # registered: it writes the next run's file
+    file = write_experiment(tmp_path, "empty.py", EMPTY)
+    with ScheduleWatch(master) as watch:
+        watch.wait_gone(submit(master, file))
+        assert node_status(master)["written"] == 1
+        (writer,) = python_threads(node)  # the node's one thread of its own
+        with thread_stopped(writer):
+            rid = submit(master, file)
+            watch.wait_status(rid, "deleting")
+            time.sleep(END_STEP_S + 1.5)  # what is tested: this time passing
+            assert watch.value[rid]["status"] == "deleting"
+            assert results_files(tmp_path, rid) == []
+        watch.wait_gone(rid)
+    assert read_results(results_file(tmp_path, rid))["outcome"] == "completed"
+    assert "does not stop" not in master.output()
 
 
 def test_a_node_killed_with_results_in_hand_costs_no_file(master: Master,

@@ -19,8 +19,9 @@ fork, so that runs find them loaded (``scipy.optimize`` costs a fresh process 0.
 The zygote also forks the results node (:mod:`artiq_bus.nodes.results`), which writes
 the workers' results files; the pool starts it again, after a pause, when it dies.
 
-Service ``workers``: ``acquire()``, ``ready(service, pid)`` and ``running(pid)`` (one-way,
-from workers), ``signal(pid, signum)``, ``exit_status(pid, timeout_s)``.
+Service ``workers``: ``acquire()``; ``ready(service, pid)``, ``running(pid)`` and
+``results_on_disk(pid)`` (one-way, from workers); ``signal(pid, signum)``,
+``exit_status(pid, timeout_s)``, ``wait_results(pid, timeout_s)``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,30 @@ def describe_status(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+#: Futures waiting for something of a worker, by PID.
+_Waiters = dict[int, list["asyncio.Future[Any]"]]
+
+
+def _wake(waiters: _Waiters, pid: int, value: Any) -> None:
+    for waiter in waiters.pop(pid, []):
+        if not waiter.done():
+            waiter.set_result(value)
+
+
+async def _wait(waiters: _Waiters, pid: int, timeout_s: float, on_timeout: Any) -> Any:
+    """What :func:`_wake` gives ``pid``'s waiters, or ``on_timeout`` after ``timeout_s``."""
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.setdefault(pid, []).append(waiter)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await waiter
+    except TimeoutError:
+        pending = waiters.get(pid, [])
+        if waiter in pending:
+            pending.remove(waiter)
+        return on_timeout
+
+
 def _log_preloaded(outcomes: list[dict[str, Any]]) -> None:
     """What the zygote says of each module of ``--worker-preload``."""
     for outcome in outcomes:
@@ -106,7 +131,9 @@ class WorkerPool:
         self._waiting = 0  # acquire() calls that found no worker ready
         self._reported_ready: set[int] = set()  # living workers that said "ready"
         self._exits: collections.OrderedDict[int, str] = collections.OrderedDict()
-        self._exit_waiters: dict[int, list[asyncio.Future[str]]] = {}
+        self._exit_waiters: _Waiters = {}
+        self._results_on_disk: set[int] = set()  # living workers with no file to write
+        self._results_waiters: _Waiters = {}
         self._alive: set[int] = set()
         self._results_pid: int | None = None
         self._results_restart: asyncio.TimerHandle | None = None
@@ -242,9 +269,9 @@ class WorkerPool:
         self._exits[pid] = description
         if len(self._exits) > _EXITS_KEPT:
             self._exits.popitem(last=False)
-        for waiter in self._exit_waiters.pop(pid, []):
-            if not waiter.done():
-                waiter.set_result(description)
+        _wake(self._exit_waiters, pid, description)
+        self._results_on_disk.discard(pid)
+        _wake(self._results_waiters, pid, False)
         logger.debug("workers: worker %d ended: %s", pid, description)
 
     # -- the service ------------------------------------------------------------------
@@ -263,6 +290,23 @@ class WorkerPool:
     def running(self, pid: int) -> None:
         """Worker ``pid`` starts ``run()`` (one-way, from the worker)."""
         self._handed_over(pid)
+
+    @rpc
+    def results_on_disk(self, pid: int) -> None:
+        """Worker ``pid`` has no results file left to write (one-way, from the worker,
+        before it closes its devices and exits)."""
+        if pid in self._alive:  # else it is gone already, and its waiters were woken
+            self._results_on_disk.add(pid)
+            _wake(self._results_waiters, pid, True)
+
+    @rpc
+    async def wait_results(self, pid: int, timeout_s: float) -> bool:
+        """Until worker ``pid`` says its results file is on disk (True), ends, or
+        ``timeout_s`` passes (False)."""
+        if pid in self._results_on_disk or pid not in self._alive:
+            return pid in self._results_on_disk
+        on_disk: bool = await _wait(self._results_waiters, pid, timeout_s, False)
+        return on_disk
 
     @rpc
     async def acquire(self) -> dict[str, Any]:
@@ -297,10 +341,5 @@ class WorkerPool:
         """How worker ``pid`` ended, waiting at most ``timeout_s``; None if it still runs."""
         if pid in self._exits or pid not in self._alive:
             return self._exits.get(pid, "unknown worker")
-        waiter = asyncio.get_running_loop().create_future()
-        self._exit_waiters.setdefault(pid, []).append(waiter)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await waiter
-        except TimeoutError:
-            return None
+        description: str | None = await _wait(self._exit_waiters, pid, timeout_s, None)
+        return description

@@ -31,10 +31,14 @@ BUILD_TIMEOUT_S = 15.0
 ACQUIRE_TIMEOUT_S = 60.0
 #: Each step of close(): terminate request, SIGTERM, SIGKILL.
 CLOSE_STEP_S = 1.0
-#: The first step of close() after analyze: the worker exits by itself once its results
-#: file is on disk (the results node takes milliseconds for a small file, seconds for
-#: hundreds of megabytes).
-RESULTS_STEP_S = 10.0
+#: After analyze the worker exits by itself once its results file is on disk, which it
+#: says (``workers.results_on_disk``): nothing escalates before, or a run could leave
+#: the schedule before its file is on disk.  The results node takes milliseconds for a
+#: small file, and may have a queue of large ones; the worker gives up on it after
+#: worker.experiment.RESULTS_TIMEOUT_S (120 s) and writes the file itself.
+RESULTS_WAIT_S = 180.0
+#: Then it closes its devices and exits: the first step of close() after analyze.
+END_STEP_S = 5.0
 #: Stages without a deadline (run() may take days); bounded for the wire.
 _FOREVER_S = 30 * 24 * 3600.0
 #: Stages that end with the worker having written the results file when they fail.
@@ -161,9 +165,12 @@ class BusWorkerHandle:
         if self._service is None or self._pid is None or self.exit_description is not None:
             return  # no worker yet, or it is already gone
         try:
-            if not self._ends_itself:
+            if self._ends_itself:
+                await self._client.call("workers", "wait_results", self._pid, RESULTS_WAIT_S,
+                                        timeout_s=RESULTS_WAIT_S + 1.0)
+            else:
                 self._client.send(self._service, "terminate")
-            first_step_s = RESULTS_STEP_S if self._ends_itself else CLOSE_STEP_S
+            first_step_s = END_STEP_S if self._ends_itself else CLOSE_STEP_S
             for signum in (None, signal.SIGTERM, signal.SIGKILL):
                 step_s = first_step_s if signum is None else CLOSE_STEP_S
                 if signum is not None:

@@ -47,9 +47,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Bound on a handle's close() (it terminates, then kills, within a few seconds; after
-#: analyze the worker first gets bus_worker.RESULTS_STEP_S to write its results).
-CLOSE_TIMEOUT_S = 20.0
+#: Bound on a handle's close(): it terminates, then kills, within a few seconds; after
+#: analyze it first waits, up to bus_worker.RESULTS_WAIT_S (180 s), for the worker to
+#: have its results file on disk.
+CLOSE_TIMEOUT_S = 200.0
 
 #: ``results_writer(rid, expid, start_time, run_time, outcome, class_name)``; may be async.
 ResultsWriter = Callable[[int, dict[str, Any], float, float, str, str | None],

@@ -185,6 +185,8 @@ class ExperimentRunner:
 
     def close(self) -> None:
         self.finish_results()
+        if self._bus is not None:  # the master waits for this, then for the exit
+            self._bus.send("workers", "results_on_disk", os.getpid())
         if self._devices is not None:
             self._devices.close_devices()
 

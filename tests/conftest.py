@@ -65,13 +65,15 @@ _READ_REST_S = 5.0
 class Process:
     """A child process whose combined output is read line by line on a thread."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None):
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 new_session: bool = False):
         self.argv = argv
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.popen = subprocess.Popen(
             argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+            start_new_session=new_session)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._rest_read = False
@@ -149,7 +151,7 @@ class Master(Process):
     """``artiq_master`` on free ports in a directory of its own."""
 
     def __init__(self, cwd: Path, *extra: str, env: dict[str, str] | None = None,
-                 ports: tuple[int, int, int] | None = None):
+                 ports: tuple[int, int, int] | None = None, new_session: bool = False):
         self.control, self.notify, self.publish = ports or (free_port(), free_port(),
                                                             free_port())
         if not (cwd / "device_db.py").exists():
@@ -157,7 +159,8 @@ class Master(Process):
         super().__init__([sys.executable, "-m", "artiq_bus.frontend.artiq_master",
                           "--port-control", str(self.control),
                           "--port-notify", str(self.notify),
-                          "--port-publish", str(self.publish), *extra], cwd, env)
+                          "--port-publish", str(self.publish), *extra], cwd, env,
+                         new_session)
         self.address = BusAddress.from_host("127.0.0.1", self.control, self.notify,
                                             self.publish)
 

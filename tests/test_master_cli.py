@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -15,6 +16,7 @@ import pytest
 from artiq_bus.client.sync import Client
 
 from conftest import READY_LINE, Master, free_port, run_cli
+from helpers.runs import ScheduleWatch, submit
 
 PROGRAMS = ("artiq_master", "artiq_client", "artiq_node", "artiq_keygen")
 #: artiq_client gives up on a silent master 3 s after it started, plus a margin: on a
@@ -42,6 +44,28 @@ def test_master_ready_line_and_exit_on_signal(tmp_path: Path, signum: int) -> No
     output = master.output()
     assert output.splitlines().count(READY_LINE) == 1, output
     assert_clean(output)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_signal_to_the_master_s_process_group(tmp_path: Path, signum: int) -> None:
+    """As a terminal's Ctrl-C or hang-up, or a service manager's stop, sends it: only
+    the master acts on it (its zygote and the workers stop when it says), so it stops
+    as cleanly as when signalled alone."""
+    master = Master(tmp_path, new_session=True)
+    try:
+        master.wait_for_line("ready")
+        file = tmp_path / "exp.py"
+        file.write_text("from artiq.experiment import *\n\n\nclass E(EnvExperiment):\n"
+                        "    def run(self):\n        pass\n")
+        with ScheduleWatch(master) as watch:
+            watch.wait_gone(submit(master, file))  # workers and the results node at work
+        os.killpg(master.popen.pid, signum)
+        assert master.wait() == 0, master.output()
+    finally:
+        master.stop()
+    output = master.output()
+    assert not re.search(r"ERROR|WARNING|Traceback", output), output
 
 
 @pytest.mark.parametrize("server", ["127.0.0.1", "::1", "localhost"])

@@ -61,6 +61,8 @@ class ChildRole(enum.StrEnum):
     WORKER = "worker"  #: one run's worker (worker.process.main)
     RESULTS = "results"  #: the results node (nodes.results.main)
 
+#: Signals the zygote ignores: the master acts on them, and then stops the zygote.
+_LEFT_TO_THE_MASTER = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: How long children get between SIGTERM and SIGKILL when the zygote shuts down.
 _SHUTDOWN_GRACE_S = 1.0
 #: How long a module of ``--worker-preload`` may take to import (one that waits for
@@ -134,8 +136,8 @@ class Zygote:
             for pidfd in self._children.values():
                 os.close(pidfd)
             os.setsid()  # a Ctrl-C in the master's terminal is for the master only
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the master's escalation
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # SIGINT stays ignored
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)  # the zygote's commands are not for us
             os.dup2(devnull, 1)  # nor its replies: nothing of ours may go there
@@ -256,7 +258,10 @@ def _preload_artiq_names() -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when we stop
+    # The master decides when we stop (closing our stdin).  We share its process group,
+    # which a terminal's Ctrl-C or hang-up, or a service manager's stop, signals whole.
+    for signum in _LEFT_TO_THE_MASTER:
+        signal.signal(signum, signal.SIG_IGN)
     gc.disable()
     _preload_artiq_names()
     with ScratchDirectory("code") as code_directory:

@@ -227,6 +227,26 @@ def test_exception_in_each_stage(master: Master, tmp_path: Path) -> None:
     assert results_file(tmp_path, 2).name == "000000002-Fails.h5"
 
 
+def test_a_results_directory_that_cannot_be_made(master: Master, tmp_path: Path) -> None:
+    """A file where ``results/`` should be: the run fails with one clear line (no
+    traceback of file-system calls that are not the experiment's), leaves the
+    schedule, and the next run, with the file gone, completes."""
+    file = write_experiment(tmp_path, "empty.py", "from artiq.experiment import *\n\n\n"
+                            "class Empty(EnvExperiment):\n    def run(self):\n        pass\n")
+    (tmp_path / "results").write_text("in the way\n")
+    with ScheduleWatch(master) as watch:
+        rid = submit(master, file)
+        watch.wait_gone(rid, GONE_S)
+        line = wait_for_output(master, rf"^ERROR:master:.*deleting RID {rid}:")
+        assert re.search(r"build\(\) raised ResultsDirectoryError: cannot use the results "
+                         rf"directory {re.escape(str(tmp_path / 'results'))}"
+                         r"/\d{4}-\d{2}-\d{2}/\d{2}: Not a directory$", line), line
+        (tmp_path / "results").unlink()
+        watch.wait_gone(submit(master, file), GONE_S)
+    assert "Traceback" not in master.output()
+    assert read_results(results_file(tmp_path, rid + 1))["outcome"] == "completed"
+
+
 def test_worker_deaths(master: Master, tmp_path: Path) -> None:
     """A worker that exits, is killed, segfaults or hangs past its watchdog: an ERROR
     line naming the RID and the cause, a results file saying so, the entry gone within

@@ -7,7 +7,8 @@
           ├── DeviceError               a device could not be created
           │    └── ControllerUnsupported  controllers cannot be used here
           ├── InteractiveUnavailable    no one to ask for interactive arguments
-          └── NotBuilt                  a stage after a build() that failed
+          ├── NotBuilt                  a stage after a build() that failed
+          └── ResultsDirectoryError     the run's working directory cannot be made
     BaseException
      └── RunDeletedWhilePaused          unwinds the experiment; no results file
 
@@ -18,7 +19,7 @@ Errors the experiment API defines for users (``DefaultMissing``,
 from __future__ import annotations
 
 __all__ = ["WorkerError", "DeviceError", "ControllerUnsupported", "InteractiveUnavailable",
-           "NotBuilt", "RunDeletedWhilePaused"]
+           "NotBuilt", "ResultsDirectoryError", "RunDeletedWhilePaused"]
 
 
 class WorkerError(Exception):
@@ -40,6 +41,11 @@ class InteractiveUnavailable(WorkerError):
 class NotBuilt(WorkerError):
     """A stage was asked of a worker whose experiment was not built: the master sends
     ``prepare`` right behind ``build`` and drops this answer when the build failed."""
+
+
+class ResultsDirectoryError(WorkerError):
+    """The run's working directory, ``results/YYYY-MM-DD/HH/``, cannot be made or
+    entered (a file in its way, no permission, a full disk)."""
 
 
 class RunDeletedWhilePaused(BaseException):

@@ -25,7 +25,7 @@ from .code_cache import cached_code, compile_text
 from .compat import install_artiq_compat
 from .datasets import DatasetManager
 from .devices import DeviceDB, DeviceManager
-from .errors import NotBuilt, RunDeletedWhilePaused
+from .errors import NotBuilt, ResultsDirectoryError, RunDeletedWhilePaused
 from .examine import examine_file
 from .results_layout import results_dir, results_path
 from .tools import file_import, get_experiment
@@ -101,9 +101,7 @@ class ExperimentRunner:
         fetching = (self._bus.start_call("devices", "get_device_db")  # while loading
                     if device_db is None else None)
         module = self._load(wd, expid)
-        directory = results_dir(self._home / "results", self._start_time)
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chdir(directory)
+        _enter(results_dir(self._home / "results", self._start_time))
         cls = get_experiment(module, expid.get("class_name"))
         self._devices = DeviceManager(
             DeviceDB.from_dict(device_db if fetching is None else fetching.result()),
@@ -280,6 +278,17 @@ class _HandedOver:
 
     content: dict[str, Any]
     reply: concurrent.futures.Future[Any]
+
+
+def _enter(directory: Path) -> None:
+    """Make the run's working directory and go there; the trouble said in one line (not
+    a traceback of the file system calls, which are not the experiment's)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chdir(directory)
+    except OSError as exc:
+        raise ResultsDirectoryError(f"cannot use the results directory {directory}: "
+                                    f"{exc.strerror or exc}") from None
 
 
 def _payload_bytes(content: dict[str, Any]) -> int:

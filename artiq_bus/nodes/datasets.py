@@ -75,7 +75,7 @@ Entry = tuple[bool, Any, dict[str, Any]]
 class DatasetsNode:
     """Serves the datasets, publishes their changes, stores the persistent ones."""
 
-    services = (DATASETS_SERVICE,)
+    services: tuple[str, ...] = (DATASETS_SERVICE,)
 
     def __init__(self, dataset_db: str):
         # Opened and read at construction: an unreadable file stops the master at once.

@@ -28,7 +28,7 @@ DEVICES_SERVICE = "devices"
 class DevicesNode:
     """Serves the device database and publishes its changes."""
 
-    services = (DEVICES_SERVICE,)
+    services: tuple[str, ...] = (DEVICES_SERVICE,)
 
     def __init__(self, device_db: str):
         # Read at construction: a broken file stops the master before it starts.

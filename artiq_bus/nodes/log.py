@@ -60,7 +60,7 @@ def _to_log_record(record: dict[str, Any]) -> logging.LogRecord:
 class LogNode:
     """Service ``log``: ``emit(records)`` (one-way), ``backlog(limit=None)``."""
 
-    services = (LOG_SERVICE,)
+    services: tuple[str, ...] = (LOG_SERVICE,)
 
     def __init__(self, log_file: str | None = None, backup_count: int = 0,
                  backlog: int = 1000, console: bool = True):

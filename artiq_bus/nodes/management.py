@@ -19,7 +19,7 @@ MANAGEMENT_SERVICE = "master"
 class ManagementNode:
     """Service ``master``: ``get_name()``, ``terminate()``."""
 
-    services = (MANAGEMENT_SERVICE,)
+    services: tuple[str, ...] = (MANAGEMENT_SERVICE,)
 
     def __init__(self, name: str | None, terminate: asyncio.Event):
         self._name = name

@@ -48,7 +48,7 @@ def _default_parallel() -> int:
 class RepositoryNode:
     """The experiment repository, its structs and its service."""
 
-    services = (REPOSITORY_SERVICE,)
+    services: tuple[str, ...] = (REPOSITORY_SERVICE,)
 
     def __init__(self, backend: Backend, experiment_subdir: str = "",
                  examine_timeout_s: float = EXAMINE_TIMEOUT_S,

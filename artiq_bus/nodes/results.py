@@ -54,7 +54,7 @@ RESULTS_SERVICE = "results"
 class ResultsNode:
     """Serves ``results.write``."""
 
-    services = (RESULTS_SERVICE,)
+    services: tuple[str, ...] = (RESULTS_SERVICE,)
 
     def __init__(self, root: str | Path = "results"):
         self.root = Path(root).absolute()

@@ -49,7 +49,7 @@ def _class_name(expid: dict[str, Any]) -> str:
 class SchedulerNode:
     """The scheduler, its structs and its service."""
 
-    services = (SCHEDULER_SERVICE,)
+    services: tuple[str, ...] = (SCHEDULER_SERVICE,)
 
     def __init__(self, log_submissions: str | None = None,
                  persist_path: str = "schedule.sqlite", results: str = "results"):

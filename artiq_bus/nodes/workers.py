@@ -110,7 +110,7 @@ def _log_preloaded(outcomes: list[dict[str, Any]]) -> None:
 class WorkerPool:
     """Owns the zygote and the spare workers."""
 
-    services = (WORKERS_SERVICE,)
+    services: tuple[str, ...] = (WORKERS_SERVICE,)
 
     def __init__(self, worker_address: BusAddress, spares: int = 1,
                  log_level: int = logging.WARNING, curve: CurveClient | None = None,

@@ -103,8 +103,11 @@ class ExperimentRunner:
         module = self._load(wd, expid)
         _enter(results_dir(self._home / "results", self._start_time))
         cls = get_experiment(module, expid.get("class_name"))
+        if fetching is not None:
+            device_db = fetching.result()
+        assert device_db is not None
         self._devices = DeviceManager(
-            DeviceDB.from_dict(device_db if fetching is None else fetching.result()),
+            DeviceDB.from_dict(device_db),
             virtual_devices={
                 "scheduler": BusScheduler(self._bus, rid, pipeline_name, priority, expid),
                 "ccb": BusCCB(self._bus)},

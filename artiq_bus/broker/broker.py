@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from ..net import (BusAddress, CurveServer, SocketReader, configure,
-                   keepalive_instead_of_heartbeats, send_frames)
+                   keepalive_instead_of_heartbeats, readable, send_frames)
 from ..protocol import (VERSION, Command, DeadlineExceeded, Liveness, NoSuchMethod,
                         NoSuchService, Overloaded, ProtocolError, ServiceDied, Status,
                         check_name, decode_timeout, error_to_wire, pack, split_command,
@@ -146,7 +146,7 @@ class Broker:
                 endpoint = endpoint[:-1] + (str(port) if port else "*")
             sock.bind(endpoint)
             if endpoint.startswith("tcp://"):
-                port = int(sock.last_endpoint.decode().rsplit(":", 1)[1])
+                port = int(str(sock.get_string(zmq.LAST_ENDPOINT)).rsplit(":", 1)[1])
         return port
 
     async def stop(self) -> None:
@@ -383,7 +383,8 @@ class Broker:
     def _tick(self, now: float) -> None:
         # Messages waiting unread mean the broker is behind: a service's silence may be
         # ours, so nobody is declared dead until the backlog is read.
-        if not self._router.get(zmq.EVENTS) & zmq.POLLIN:
+        assert self._router is not None  # ticks run between start() and stop()
+        if not readable(self._router):
             for entry in self.registry.silent_services(now - self.config.liveness *
                                                        self.config.heartbeat_interval_s):
                 if entry.identity not in self._local:  # local: live as long as we do

@@ -103,11 +103,11 @@ class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if hasattr(record, "source"):
             return super().format(record)
-        record.source = self.source
+        setattr(record, "source", self.source)  # the format's %(source)s
         try:
             return super().format(record)
         finally:
-            del record.source
+            delattr(record, "source")
 
 
 def init_console_logging(level: int, source: str) -> None:

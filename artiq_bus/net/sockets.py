@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 __all__ = ["configure", "SocketReader", "watch_connection", "MessageHandler", "send_frames",
-           "recv_frames", "keepalive_instead_of_heartbeats", "TCP_HEARTBEAT_IVL_MS",
+           "recv_frames", "readable", "keepalive_instead_of_heartbeats", "TCP_HEARTBEAT_IVL_MS",
            "TCP_HEARTBEAT_TIMEOUT_MS", "MAX_MESSAGE_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ MAX_MESSAGE_BYTES = 1 << 30
 # wraps every send (for draft-socket options), turns EVENTS into an enum and combines
 # flag enums in Python: on a small message that costs more than the calls themselves.
 _send = zmq.backend.Socket.send
-_get = zmq.backend.Socket.get
+_get: Callable[[zmq.Socket, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
@@ -103,6 +103,12 @@ def recv_frames(sock: zmq.Socket, *, copy: bool = False, block: bool = False) ->
         frame = recv(flags, copy=False)
         frames.append(frame)
     return [f.bytes for f in frames] if copy else frames
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message waits on ``sock`` (asking also consumes the signal of its file
+    descriptor, as a ``recv`` would)."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)
 
 
 #: Called with each message (its list of frames) a :class:`SocketReader` receives.

@@ -156,5 +156,5 @@ class ControllerManager:
                     host, None, type=socket.SOCK_STREAM)
             except OSError:
                 return frozenset()  # not cached: the name may resolve later
-            cached = self._addresses[host] = frozenset(info[4][0] for info in infos)
+            cached = self._addresses[host] = frozenset(str(info[4][0]) for info in infos)
         return cached

@@ -172,7 +172,8 @@ def apply_value_items(data: dict[str, Any], key: str, update: dict[str, Any]) ->
     """Apply a checked ``setitems`` inside dataset ``key``'s value, each key and value
     as the ``setitem`` it stands for.  Raises a refusal type if none can be tried
     (nothing changed), :class:`ItemsRefused` if some did not fit."""
-    keys, values = update.get("keys"), update.get("values")
+    keys: Any = update.get("keys")  # lists, once checked
+    values: Any = update.get("values")
     try:
         check_items(keys, values)
         container = walk(data, update["path"])
@@ -236,7 +237,9 @@ class BatchApplier:
 
     def apply(self, batch: Batch) -> tuple[bool, list[str]]:
         """Whether a persistent dataset changed, and why each refused update was."""
-        durable, refused, touched = False, [], set()
+        durable = False
+        refused: list[str] = []
+        touched: set[str] = set()
         for first, updates in batch.chunks():
             durable = self._apply_chunk(batch, first, updates, refused, touched) or durable
         for key in touched:
@@ -289,7 +292,9 @@ class BatchApplier:
             return key
         except REFUSED as exc:
             refused.append(refusal(exc))
-            return _Changed(key) if isinstance(exc, ItemsRefused) and exc.applied else None
+            if isinstance(exc, ItemsRefused) and exc.applied and key is not None:
+                return _Changed(key)
+            return None
 
     def _root(self, update: Any, refused: list[str]) -> bool:
         try:

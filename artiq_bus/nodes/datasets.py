@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -63,7 +63,9 @@ DATASETS_SERVICE = "datasets"
 DATASETS_STRUCT = "datasets"
 
 #: Positions in a ``(persist, value, metadata)`` entry.
-PERSIST, VALUE, METADATA = 0, 1, 2
+PERSIST: Final = 0
+VALUE: Final = 1
+METADATA: Final = 2
 
 _SETITEM = mods.UpdateAction.SETITEM.value
 _SETITEMS = mods.UpdateAction.SETITEMS.value

@@ -82,13 +82,20 @@ def _dtype_from_wire(wire: Any) -> np.dtype:
     return dtype
 
 
+#: Types whose subclasses travel as the type itself.
+_PLAIN_BASES: tuple[type[Any], ...] = (dict, list, str, bytes, int, float)
+
+
 def _default(buffers: list[Any], obj: Any) -> Any:
     recurse = functools.partial(_packb, buffers)
     if isinstance(obj, np.ndarray):
         dtype = _dtype_to_wire(obj.dtype)
         array = np.ascontiguousarray(obj)
         if array.nbytes >= OUT_OF_BAND_MIN_BYTES:
-            buffers.append(memoryview(array).cast("B") if array.ndim else array.tobytes())
+            if array.ndim:  # (an ndarray has the buffer protocol; its stubs do not say so)
+                buffers.append(memoryview(array).cast("B"))  # type: ignore[arg-type]
+            else:
+                buffers.append(array.tobytes())
             data: Any = len(buffers) - 1
         else:
             data = array.tobytes()
@@ -103,7 +110,7 @@ def _default(buffers: list[Any], obj: Any) -> Any:
     if isinstance(obj, slice):
         return msgpack.ExtType(ExtCode.SLICE, recurse([obj.start, obj.stop, obj.step]))
     # strict_types sends subclasses here; carry them as their base type.
-    for base in (dict, list, str, bytes, int, float):
+    for base in _PLAIN_BASES:
         if isinstance(obj, base):
             # str() of a (str, Enum) member is "Class.NAME", not its value
             return str.__str__(obj) if base is str else base(obj)
@@ -239,7 +246,7 @@ def _ext_hook(buffers: Sequence[Any], code: int, payload: bytes) -> Any:
     raise ProtocolError(f"unknown extension type {code}")
 
 
-def _unpackb(buffers: Sequence[Any], body: bytes) -> Any:
+def _unpackb(buffers: Sequence[Any], body: bytes | memoryview) -> Any:
     try:
         return msgpack.unpackb(body, ext_hook=functools.partial(_ext_hook, buffers),
                                raw=False, strict_map_key=False, use_list=True)

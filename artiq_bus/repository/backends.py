@@ -219,9 +219,9 @@ class GitBackend:
             elif entry.type_str != "blob":
                 continue  # a submodule: a commit of another repository
             elif entry.filemode == self._pygit2.GIT_FILEMODE_LINK:
-                os.symlink(self._repo[entry.id].data, target)
+                os.symlink(self._repo[entry.id].read_raw(), target)
             else:
-                target.write_bytes(self._repo[entry.id].data)
+                target.write_bytes(self._repo[entry.id].read_raw())
                 if entry.filemode == self._pygit2.GIT_FILEMODE_BLOB_EXECUTABLE:
                     target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP
                                  | stat.S_IXOTH)

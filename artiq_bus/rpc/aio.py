@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from ..net import CurveClient, SocketReader, recv_frames, send_frames
+from ..net import CurveClient, SocketReader, readable, recv_frames, send_frames
 from ..protocol import ProtocolError
 from ..protocol.rpc import RpcCommand, parse_reply, request_frames
 from .connection import (DEFAULT_CONNECT_TIMEOUT_S, AutoTarget, Link, check_info,
@@ -182,7 +182,7 @@ class AsyncioClient:
         if self._first_contact and self._retry_refused:
             return  # the controller may still be starting: ZeroMQ keeps trying
         sock = self._sock
-        while sock is not None and sock.get(zmq.EVENTS) & zmq.POLLIN:
+        while sock is not None and readable(sock):
             self._on_reply(recv_frames(sock))  # replies that came just before the loss
         self._fail_all(ControllerUnavailable(reason))
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from ..net import CurveClient, recv_frames, send_frames
+from ..net import CurveClient, readable, recv_frames, send_frames
 from ..protocol import ProtocolError
 from ..protocol.rpc import RpcCommand, parse_reply, request_frames
 from .connection import (DEFAULT_CONNECT_TIMEOUT_S, AutoTarget, Link, check_info,
@@ -148,7 +148,7 @@ class Client:
                     self._drain_monitor(first)
                 except ControllerUnavailable as exc:
                     lost = exc  # the reply may have arrived just before the loss
-            while self._sock.get(zmq.EVENTS) & zmq.POLLIN:
+            while readable(self._sock):
                 reply = self._read_reply(request_id)
                 if reply is not None:
                     ok, value = reply
@@ -174,7 +174,7 @@ class Client:
         """Apply waiting monitor events; a lost (or, at first contact, refused)
         connection fails the request."""
         reason = None
-        while self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+        while readable(self._monitor):
             event_reason = self._link.on_event(monitor_event(
                 self._monitor.recv_multipart(zmq.NOBLOCK)))
             reason = reason or event_reason

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from ..net import BusAddress, CurveClient, SocketReader, configure, send_frames
+from ..net import BusAddress, CurveClient, SocketReader, configure, readable, send_frames
 from ..protocol import (VERSION, Command, Liveness, ProtocolError, check_name, frame_buffer,
                         frame_bytes, register_envelope, reply_envelope, split_command)
 from .rpc import LocalBroker, decode_arguments, find_method, with_ping
@@ -205,7 +205,7 @@ class ServiceHost:
         """Whether messages wait unread: then silence is our own backlog (this process
         was busy: a flood, a starved thread), not evidence that the broker is gone."""
         try:
-            return self._sock is not None and bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
+            return self._sock is not None and readable(self._sock)
         except zmq.ZMQError:
             return False
 

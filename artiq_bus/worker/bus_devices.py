@@ -203,7 +203,8 @@ class BusDatasetBackend:
 
     def _batches(self) -> list[tuple[bytes, list[Any]]]:
         """Everything queued, as message bodies ``[[updates], {}]`` and their frames."""
-        queue, batches, bodies, writes = self._queue, [], _Bodies(), _Writes()
+        queue, bodies, writes = self._queue, _Bodies(), _Writes()
+        batches: list[tuple[bytes, list[Any]]] = []
         taken = [queue.popleft() for _ in range(len(queue))]  # what is there now
         # Consecutive writes to one dataset share their first item (its name); a packed
         # update's first item is a byte, or its body: never a name.

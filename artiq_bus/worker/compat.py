@@ -61,9 +61,9 @@ class _AliasLoader(importlib.abc.Loader):
                 setattr(module, name, value)
         module.__doc__ = f"ARTIQ compatibility alias of {self.target}."
         if hasattr(target, "__all__"):
-            module.__all__ = list(target.__all__)
+            setattr(module, "__all__", list(getattr(target, "__all__")))
         if self.target == "artiq_bus":
-            module.__version__ = artiq_bus.__version__
+            setattr(module, "__version__", artiq_bus.__version__)
 
 
 class ArtiqCompatFinder(importlib.abc.MetaPathFinder):

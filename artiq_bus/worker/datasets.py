@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..protocol import apply_update
 from ..protocol import updates as mods
@@ -32,8 +32,8 @@ __all__ = ["DatasetBackend", "DatasetManager", "LocalDatasetBackend", "dataset_i
 logger = logging.getLogger(__name__)
 
 #: Positions in a ``(persist, value, metadata)`` dataset entry.
-VALUE_INDEX = 1
-METADATA_INDEX = 2
+VALUE_INDEX: Final = 1
+METADATA_INDEX: Final = 2
 
 
 class DatasetBackend(Protocol):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Master
+from helpers.runs import descendants
 
 from artiq_bus.files import SCRATCH_PREFIX, ScratchDirectory, remove_abandoned
 
@@ -123,7 +124,9 @@ def test_a_killed_master_leaves_nothing_after_the_next_one(tmp_path: Path) -> No
     env = {"TMPDIR": str(temp)}
     first = Master(tmp_path, env=env).wait_ready()
     (ipc,) = temp.glob(f"{SCRATCH_PREFIX}ipc-*")
-    wait_for(lambda: any(temp.glob(f"{SCRATCH_PREFIX}code-*")))  # the zygote is up
+    # its zygote up and done warming up (it forked the results node and the spares)
+    wait_for(lambda: len(descendants(first.popen.pid)) >= 4, 30.0)
+    (code,) = temp.glob(f"{SCRATCH_PREFIX}code-*")
     first.popen.kill()
     first.wait()
     assert ipc.exists()
@@ -132,9 +135,9 @@ def test_a_killed_master_leaves_nothing_after_the_next_one(tmp_path: Path) -> No
         assert not ipc.exists()
         assert (f"removed temporary directories left by stopped processes: {ipc.name}\n"
                 in second.output())
+        wait_for(lambda: not code.exists(), 30.0)  # the first zygote's, removed by it
     finally:
         assert second.stop() == 0, second.output()
-    wait_for(lambda: not any(temp.iterdir()))  # the first zygote may still be ending
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

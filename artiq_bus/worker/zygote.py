@@ -61,8 +61,10 @@ class ChildRole(enum.StrEnum):
     WORKER = "worker"  #: one run's worker (worker.process.main)
     RESULTS = "results"  #: the results node (nodes.results.main)
 
-#: Signals the zygote ignores: the master acts on them, and then stops the zygote.
-_LEFT_TO_THE_MASTER = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals the zygote holds back (blocked, not ignored: a child forked a moment before
+#: gets a SIGTERM meant for it once it unblocks them, never loses it).  The master
+#: acts on them, and then stops the zygote.
+_LEFT_TO_THE_MASTER = {signal.SIGTERM, signal.SIGHUP}
 #: How long children get between SIGTERM and SIGKILL when the zygote shuts down.
 _SHUTDOWN_GRACE_S = 1.0
 #: How long a module of ``--worker-preload`` may take to import (one that waits for
@@ -136,8 +138,8 @@ class Zygote:
             for pidfd in self._children.values():
                 os.close(pidfd)
             os.setsid()  # a Ctrl-C in the master's terminal is for the master only
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the master's escalation
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # SIGINT stays ignored
+            # the master's escalation (SIGTERM) reaches us; SIGINT stays ignored
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _LEFT_TO_THE_MASTER)
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)  # the zygote's commands are not for us
             os.dup2(devnull, 1)  # nor its replies: nothing of ours may go there
@@ -166,19 +168,17 @@ class Zygote:
         self._replies.flush()
 
     def _shutdown(self) -> None:
+        """SIGTERM to every child, SIGKILL to those still there after the grace."""
+        self._selector.unregister(self._commands)  # at its end: it would always be ready
         for pid in self._children:
             _kill(pid, signal.SIGTERM)
-        deadline_selector = self._selector
         remaining = set(self._children)
-        while remaining:
-            events = deadline_selector.select(_SHUTDOWN_GRACE_S)
-            if not events:
-                break
-            for key, _ in events:
-                if key.data in remaining:
-                    remaining.discard(key.data)
-                    deadline_selector.unregister(key.fileobj)
-                    os.waitpid(key.data, 0)
+        deadline = time.monotonic() + _SHUTDOWN_GRACE_S
+        while remaining and (left := deadline - time.monotonic()) > 0:
+            for key, _ in self._selector.select(left):
+                remaining.discard(key.data)
+                self._selector.unregister(key.fileobj)
+                os.waitpid(key.data, 0)
         for pid in remaining:
             _kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -260,8 +260,8 @@ def _preload_artiq_names() -> None:
 def main() -> None:
     # The master decides when we stop (closing our stdin).  We share its process group,
     # which a terminal's Ctrl-C or hang-up, or a service manager's stop, signals whole.
-    for signum in _LEFT_TO_THE_MASTER:
-        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _LEFT_TO_THE_MASTER)
     gc.disable()
     _preload_artiq_names()
     with ScratchDirectory("code") as code_directory:

@@ -138,13 +138,16 @@ class Process:
                                  + self.output()[-3000:]) from None
 
     def stop(self, timeout_s: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code, once its output is
+        read to the end (its pipe closed: not left open to the end of the session)."""
         self.signal(signal.SIGTERM)
         try:
-            return self.popen.wait(timeout_s)
+            code = self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.popen.kill()
-            return self.popen.wait(timeout_s)
+            code = self.popen.wait(timeout_s)
+        self.output()
+        return code
 
 
 class Master(Process):

@@ -483,9 +483,20 @@ def test_a_run_deleted_while_its_worker_is_on_the_way_leaves_no_worker(tmp_path:
 
 
 def _zygote_of(master: Master, timeout_s: float = 10.0) -> int:
-    """The master's zygote, as soon as it is started (the master's only child)."""
+    """The master's zygote, as soon as it runs the zygote's program.  Not before its
+    exec: the master spawns it with vfork, and waits, frozen, until its child has
+    exec'd; a child stopped before that would stop the master too."""
     deadline = time.monotonic() + timeout_s
-    while not (children := descendants(master.popen.pid)):
+    while True:
+        for child in sorted(descendants(master.popen.pid)):
+            if "artiq_bus.worker.zygote" in _cmdline(child):
+                return child
         assert time.monotonic() < deadline, "the master started no zygote"
         time.sleep(0.005)  # polling /proc: a process's birth has nothing to await
-    return min(children)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""

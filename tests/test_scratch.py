@@ -4,6 +4,7 @@ could not remove them itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -20,17 +21,16 @@ from helpers.runs import descendants
 
 from artiq_bus.files import SCRATCH_PREFIX, ScratchDirectory, remove_abandoned
 
-#: Makes a scratch directory in TMPDIR, prints its path, then sleeps (with ``fork``:
-#: forks a child that inherits it, and the parent exits at once, as a zygote's worker
-#: outlives a zygote killed with SIGKILL).
+#: Makes a scratch directory in TMPDIR, writes its path and the PID that holds it, then
+#: sleeps.  With ``fork``: forks a child that inherits it and writes instead, and the
+#: owner exits at once, as a zygote killed with SIGKILL leaves its workers behind.
 OWNER = """\
 import os, sys, time
 from artiq_bus.files import ScratchDirectory
 scratch = ScratchDirectory("test")
 if sys.argv[1:] == ["fork"] and os.fork() != 0:
-    print(scratch.path, flush=True)
     os._exit(0)
-print(scratch.path, os.getpid(), flush=True)
+os.write(1, f"{scratch.path} {os.getpid()}\\n".encode())
 time.sleep(60)
 """
 
@@ -46,25 +46,25 @@ def temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def owners() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes started by :func:`start_owner`, killed at the end."""
-    started: list[subprocess.Popen[str]] = []
+def owners() -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
+    """Processes started by :func:`start_owner`, and the holders, killed at the end."""
+    started: list[tuple[subprocess.Popen[str], int]] = []
     yield started
-    for process in started:
+    for process, holder in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(holder, signal.SIGKILL)
         process.kill()
         process.communicate(timeout=10)  # and closes its pipe
 
 
-def start_owner(owners: list[subprocess.Popen[str]], *args: str) -> tuple[Path, int]:
+def start_owner(owners: list[tuple[subprocess.Popen[str], int]],
+                *args: str) -> tuple[Path, int]:
     """A process that holds a scratch directory: its path and the holder's PID."""
     process = subprocess.Popen([sys.executable, "-c", OWNER, *args],
                                stdout=subprocess.PIPE, text=True)
-    owners.append(process)
     assert process.stdout is not None
-    words = process.stdout.readline().split()
-    if len(words) == 1:  # the forking parent: its child reports next
-        words = process.stdout.readline().split()
-    path, pid = words
+    path, pid = process.stdout.readline().split()
+    owners.append((process, int(pid)))
     return Path(path), int(pid)
 
 
@@ -91,7 +91,7 @@ def test_a_scratch_directory_is_private_and_removed_by_its_owner(temp: Path) -> 
 
 
 def test_the_next_one_removes_those_of_killed_owners(
-        temp: Path, owners: list[subprocess.Popen[str]]) -> None:
+        temp: Path, owners: list[tuple[subprocess.Popen[str], int]]) -> None:
     """A killed owner's directory is removed; a live owner's, an unlocked directory
     (an older version's, or one being made) and another prefix's are not."""
     killed, killed_pid = start_owner(owners)
@@ -108,9 +108,10 @@ def test_the_next_one_removes_those_of_killed_owners(
 
 
 def test_a_child_that_inherited_the_lock_keeps_the_directory(
-        temp: Path, owners: list[subprocess.Popen[str]]) -> None:
+        temp: Path, owners: list[tuple[subprocess.Popen[str], int]]) -> None:
     """The owner is gone but a child it forked (no exec) still uses the directory."""
     path, child = start_owner(owners, "fork")
+    owners[-1][0].wait(10)  # the owner
     assert remove_abandoned() == [] and path.exists()
     kill(child)
     assert remove_abandoned() == [path] and not path.exists()
@@ -118,7 +119,8 @@ def test_a_child_that_inherited_the_lock_keeps_the_directory(
 
 def test_a_killed_master_leaves_nothing_after_the_next_one(tmp_path: Path) -> None:
     """kill -9 of a master leaves its socket directory (its zygote removes its own
-    when it sees the master gone); the next master removes it, and says so."""
+    when it sees the master gone); the next master removes it, and says so, and leaves
+    nothing when it stops, even at once (its zygote ends in time, and removes its own)."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {"TMPDIR": str(temp)}
@@ -136,8 +138,10 @@ def test_a_killed_master_leaves_nothing_after_the_next_one(tmp_path: Path) -> No
         assert (f"removed temporary directories left by stopped processes: {ipc.name}\n"
                 in second.output())
         wait_for(lambda: not code.exists(), 30.0)  # the first zygote's, removed by it
+        first.output()  # read to its end: the first zygote and its children are gone
     finally:
         assert second.stop() == 0, second.output()
+    assert list(temp.iterdir()) == []  # and the second master left nothing either
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -138,16 +138,13 @@ class Process:
                                  + self.output()[-3000:]) from None
 
     def stop(self, timeout_s: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code, once its output is
-        read to the end (its pipe closed: not left open to the end of the session)."""
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
         self.signal(signal.SIGTERM)
         try:
-            code = self.popen.wait(timeout_s)
+            return self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.popen.kill()
-            code = self.popen.wait(timeout_s)
-        self.output()
-        return code
+            return self.popen.wait(timeout_s)
 
 
 class Master(Process):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Master
-from helpers.runs import descendants
+from helpers.runs import descendants, wait_dead
 
 from artiq_bus.files import SCRATCH_PREFIX, ScratchDirectory, remove_abandoned
 
@@ -69,16 +69,9 @@ def start_owner(owners: list[tuple[subprocess.Popen[str], int]],
 
 
 def kill(pid: int) -> None:
-    """SIGKILL, and wait until it is dead (a zombie at most: its files are closed)."""
+    """SIGKILL, and wait until it has ended (its files are closed, its lock released)."""
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _state(pid) in ("Z", "gone"))
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
+    wait_dead({pid}, 10.0)
 
 
 def test_a_scratch_directory_is_private_and_removed_by_its_owner(temp: Path) -> None:
